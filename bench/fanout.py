@@ -1,0 +1,773 @@
+"""Fan-out benchmark: collabtrio against the trio-websocket floor, load driven from Node.
+
+One command runs everything (see bench/README.md)::
+
+    bash bench/setup.sh && .venv/bin/python bench/fanout.py
+
+For each target (``floor``: bench/floor_server.py, ``collabtrio``: ``collabtrio serve``) it
+
+1. starts the server pinned to one CPU and waits for its port;
+2. warms it up with one connection that joins and leaves, then samples its RSS;
+3. *idle*: opens 1000 joined connections over 100 rooms and samples RSS again;
+4. *throughput*: 100 subscribers + 1 publisher, 2000 events fired back to back
+   (``--repeat K`` runs it K times), sampling server and Node CPU over the run;
+5. *latency*: the publisher sends 100 events/s for 10 s; per-delivery latency.
+
+It prints a table with collabtrio/floor ratios and writes all figures to
+bench/results/fanout-<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import queue
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+LOADGEN = BENCH / "loadgen.js"
+FLOOR = BENCH / "floor_server.py"
+RESULTS = BENCH / "results"
+TARGETS = ("floor", "collabtrio")
+
+
+class BenchError(RuntimeError):
+    """A scenario could not run; the message says why."""
+
+
+# ------------------------------------------------------------------------------------------
+# processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Pinning:
+    server: list[str] = field(default_factory=list)  # command prefix, e.g. ["taskset", "-c", "0"]
+    loadgen: list[str] = field(default_factory=list)
+    description: str = "not pinned"
+
+
+def choose_pinning(enabled: bool) -> Pinning:
+    if not enabled:
+        return Pinning(description="not pinned (--no-pin)")
+    taskset = shutil.which("taskset")
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = list(range(os.cpu_count() or 1))
+    if taskset is None:
+        return Pinning(description="not pinned (no taskset)")
+    if len(cpus) < 2:
+        return Pinning(description=f"not pinned (only {len(cpus)} CPU available)")
+    server_cpu, loadgen_cpu = cpus[0], cpus[1]
+    return Pinning(
+        server=[taskset, "-c", str(server_cpu)],
+        loadgen=[taskset, "-c", str(loadgen_cpu)],
+        description=f"server on CPU {server_cpu}, loadgen on CPU {loadgen_cpu} (of {len(cpus)})",
+    )
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """Stop a process this script started (its own session), politely first."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(grace)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def runqueue_wait_seconds(pid: int) -> float | None:
+    """Seconds the process's threads spent runnable but waiting for a CPU (Linux schedstat).
+
+    If this grows during a run, something else was competing for the pinned CPU and the
+    CPU% figures understate how busy the process wanted to be.
+    """
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[1])
+    except OSError:
+        return None
+    return total / 1e9
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Server:
+    """One server under test, started in its own session so it can be stopped as a group."""
+
+    def __init__(self, target: str, argv: list[str], port: int, workdir: Path) -> None:
+        self.target = target
+        self.argv = argv
+        self.port = port
+        self.workdir = workdir
+        self.log_path = workdir / f"{target}-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ps: psutil.Process | None = None
+
+    def start(self, env: dict[str, str], ready_timeout: float) -> None:
+        log = self.log_path.open("wb")
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=self.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise BenchError(f"{self.target}: cannot start {self.argv[0]}: {exc}") from exc
+        finally:
+            log.close()
+        self.ps = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"{self.target}: server exited with code {self.proc.returncode} before "
+                    f"accepting connections:\n{tail(self.log_path)}"
+                )
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.5
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"{self.target}: port {self.port} not accepting after {ready_timeout:.0f}s:\n"
+                    f"{tail(self.log_path)}"
+                )
+            time.sleep(0.1)
+
+    def check_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise BenchError(
+                f"{self.target}: server died (exit {self.proc.returncode}):\n{tail(self.log_path)}"
+            )
+
+    def rss(self) -> int:
+        assert self.ps is not None
+        return int(self.ps.memory_info().rss)
+
+    def uss(self) -> int | None:
+        assert self.ps is not None
+        try:
+            return int(self.ps.memory_full_info().uss)
+        except (psutil.AccessDenied, AttributeError):
+            return None
+
+    def cpu_seconds(self) -> float:
+        assert self.ps is not None
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def num_threads(self) -> int:
+        assert self.ps is not None
+        return int(self.ps.num_threads())
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+class Loadgen:
+    """A running bench/loadgen.js; its stdout JSON lines arrive on a queue."""
+
+    def __init__(self, prefix: list[str], node: str, args: list[str], workdir: Path) -> None:
+        self.argv = [*prefix, node, str(LOADGEN), *args]
+        self.stderr_path = workdir / "loadgen.stderr.log"
+        with self.stderr_path.open("ab") as err:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=BENCH,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                start_new_session=True,
+            )
+        self.ps = psutil.Process(self.proc.pid)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.lines.put(raw.decode(errors="replace").strip())
+        self.lines.put(None)
+
+    def read(self, timeout: float) -> dict[str, Any]:
+        """The next JSON line; BenchError on EOF, timeout or an error result."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchError(f"loadgen: no output within {timeout:.0f}s ({self.argv[2:]})")
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.proc.wait()
+                raise BenchError(
+                    f"loadgen exited (code {self.proc.returncode}) without a result:\n"
+                    f"{tail(self.stderr_path)}"
+                )
+            if not line.startswith("{"):
+                continue
+            msg: dict[str, Any] = json.loads(line)
+            if "error" in msg:
+                raise BenchError(f"loadgen {msg.get('mode')}: {msg['error']}")
+            return msg
+
+    def send_line(self, text: str = "go") -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def close_stdin(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
+
+    def cpu_seconds(self) -> float:
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def finish(self, timeout: float = 10.0) -> None:
+        self.close_stdin()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            stop_process(self.proc)
+
+    def kill(self) -> None:
+        self.close_stdin()
+        stop_process(self.proc, grace=2.0)
+
+
+# ------------------------------------------------------------------------------------------
+# scenarios
+
+
+@dataclass
+class Ctx:
+    args: argparse.Namespace
+    node: str
+    pin: Pinning
+    workdir: Path
+    live: list[Loadgen] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def loadgen(self, target: str, port: int, mode: str, *extra: str) -> Iterator[Loadgen]:
+        argv = [
+            "--target", target, "--url", f"http://127.0.0.1:{port}", "--mode", mode, *extra,
+        ]  # fmt: skip
+        lg = Loadgen(self.pin.loadgen, self.node, argv, self.workdir)
+        self.live.append(lg)
+        try:
+            yield lg
+        finally:
+            lg.kill()
+            self.live.remove(lg)
+
+
+def settle_rss(server: Server, seconds: float) -> int:
+    """RSS after letting the server settle; the last of a few samples."""
+    time.sleep(seconds)
+    samples = []
+    for _ in range(5):
+        samples.append(server.rss())
+        time.sleep(0.1)
+    return samples[-1]
+
+
+def run_warmup(ctx: Ctx, server: Server) -> None:
+    with ctx.loadgen(server.target, server.port, "idle", "--connections", "1", "--rooms", "1") as lg:
+        lg.read(timeout=30)  # ready
+        lg.close_stdin()
+        lg.read(timeout=15)  # result
+        lg.finish()
+
+
+def run_idle(ctx: Ctx, server: Server) -> dict[str, Any]:
+    a = ctx.args
+    rss_before = settle_rss(server, 1.0)
+    uss_before = server.uss()
+    with ctx.loadgen(
+        server.target, server.port, "idle",
+        "--connections", str(a.idle_connections), "--rooms", str(a.idle_rooms),
+    ) as lg:  # fmt: skip
+        ready = lg.read(timeout=120)
+        rss_idle = settle_rss(server, a.idle_settle)
+        uss_idle = server.uss()
+        threads = server.num_threads()
+        server.check_alive()
+        lg.close_stdin()
+        result = lg.read(timeout=30)
+        lg.finish()
+    delta = rss_idle - rss_before
+    out: dict[str, Any] = {
+        "connections": a.idle_connections,
+        "rooms": a.idle_rooms,
+        "setup_ms": ready.get("setup_ms"),
+        "still_open_at_end": result.get("still_open"),
+        "rss_before_bytes": rss_before,
+        "rss_idle_bytes": rss_idle,
+        "rss_delta_bytes": delta,
+        "rss_per_conn_bytes": delta / a.idle_connections,
+        "server_threads": threads,
+    }
+    if uss_before is not None and uss_idle is not None:
+        out["uss_before_bytes"] = uss_before
+        out["uss_idle_bytes"] = uss_idle
+        out["uss_per_conn_bytes"] = (uss_idle - uss_before) / a.idle_connections
+    if result.get("still_open") != a.idle_connections:
+        out["warning"] = (
+            f"only {result.get('still_open')} of {a.idle_connections} idle connections were "
+            "still open when the hold ended"
+        )
+    return out
+
+
+def run_throughput(ctx: Ctx, server: Server) -> dict[str, Any]:
+    a = ctx.args
+    with ctx.loadgen(
+        server.target, server.port, "throughput", "--wait-go",
+        "--subscribers", str(a.subscribers), "--events", str(a.events),
+        "--payload-bytes", str(a.payload_bytes), "--timeout", str(a.timeout),
+    ) as lg:  # fmt: skip
+        lg.read(timeout=120)  # {"phase": "ready"}: everyone joined
+        assert server.proc is not None
+        srv_wait0 = runqueue_wait_seconds(server.proc.pid)
+        node_wait0 = runqueue_wait_seconds(lg.proc.pid)
+        srv0, node0, t0 = server.cpu_seconds(), lg.cpu_seconds(), time.perf_counter()
+        lg.send_line("go")
+        result = lg.read(timeout=a.timeout + 30)
+        srv1, node1, t1 = server.cpu_seconds(), lg.cpu_seconds(), time.perf_counter()
+        srv_wait1 = runqueue_wait_seconds(server.proc.pid)
+        node_wait1 = runqueue_wait_seconds(lg.proc.pid)
+        lg.finish()
+    server.check_alive()
+    wall = t1 - t0
+    srv_cpu = srv1 - srv0
+    node_cpu = node1 - node0
+    delivered = int(result["delivered"])
+    result.update(
+        {
+            "window_s": wall,
+            "server_cpu_s": srv_cpu,
+            "server_cpu_pct": 100.0 * srv_cpu / wall,
+            "node_cpu_s_psutil": node_cpu,
+            "node_cpu_pct": 100.0 * node_cpu / wall,
+            "server_cpu_us_per_delivery": (1e6 * srv_cpu / delivered) if delivered else None,
+        }
+    )
+    if srv_wait0 is not None and srv_wait1 is not None:
+        result["server_runqueue_wait_pct"] = 100.0 * (srv_wait1 - srv_wait0) / wall
+    if node_wait0 is not None and node_wait1 is not None:
+        result["node_runqueue_wait_pct"] = 100.0 * (node_wait1 - node_wait0) / wall
+    return result
+
+
+def run_latency(ctx: Ctx, server: Server) -> dict[str, Any]:
+    a = ctx.args
+    with ctx.loadgen(
+        server.target, server.port, "latency",
+        "--subscribers", str(a.subscribers), "--rate", str(a.latency_rate),
+        "--duration", str(a.latency_duration), "--payload-bytes", str(a.payload_bytes),
+    ) as lg:  # fmt: skip
+        result = lg.read(timeout=120 + a.latency_duration)
+        lg.finish()
+    server.check_alive()
+    return result
+
+
+def summarize_throughput(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def med(key: str) -> float | None:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    return {
+        "runs": len(runs),
+        "deliveries_per_s_median": med("deliveries_per_s"),
+        "deliveries_per_s_all": [r["deliveries_per_s"] for r in runs],
+        "losses_all": [r["losses"] for r in runs],
+        "elapsed_ms_median": med("elapsed_ms"),
+        "server_cpu_pct_median": med("server_cpu_pct"),
+        "node_cpu_pct_median": med("node_cpu_pct"),
+        "server_runqueue_wait_pct_median": med("server_runqueue_wait_pct"),
+        "node_runqueue_wait_pct_median": med("node_runqueue_wait_pct"),
+        "server_cpu_us_per_delivery_median": med("server_cpu_us_per_delivery"),
+        "any_timeout": any(r["timed_out"] for r in runs),
+        "out_of_order_total": sum(r["out_of_order"] for r in runs),
+        "echoes_to_sender_total": sum(r["echoes_to_sender"] for r in runs),
+    }
+
+
+def server_argv(target: str, port: int, workdir: Path, args: argparse.Namespace) -> list[str]:
+    if target == "floor":
+        return [args.python, str(FLOOR), "--port", str(port)]
+    return [
+        args.collabtrio, "serve", "--port", str(port), "--anonymous",
+        "--db", f"sqlite:///{workdir}/bench.db",
+        "--rate-limit-per-s", "100000", "--rate-limit-burst", "100000",
+    ]  # fmt: skip
+
+
+def run_target(ctx: Ctx, target: str) -> dict[str, Any]:
+    a = ctx.args
+    port = free_port()
+    workdir = ctx.workdir / target
+    workdir.mkdir()
+    argv = [*ctx.pin.server, *server_argv(target, port, workdir, a)]
+    server = Server(target, argv, port, workdir)
+    out: dict[str, Any] = {"target": target, "command": argv}
+    env = dict(os.environ)
+    env.setdefault("COLLABTRIO_LOG_LEVEL", "warning")
+    try:
+        step(f"{target}: starting server on port {port}")
+        server.start(env, ready_timeout=a.startup_timeout)
+        step(f"{target}: warm-up connection")
+        run_warmup(ctx, server)
+        step(f"{target}: idle, {a.idle_connections} connections over {a.idle_rooms} rooms")
+        out["idle"] = run_idle(ctx, server)
+        time.sleep(1.0)  # let the server reap the idle connections
+        runs = []
+        for i in range(a.repeat):
+            step(f"{target}: throughput run {i + 1}/{a.repeat}")
+            runs.append(run_throughput(ctx, server))
+            step(
+                f"  {runs[-1]['deliveries_per_s']:,.0f} deliveries/s, "
+                f"losses {runs[-1]['losses']}, server CPU {runs[-1]['server_cpu_pct']:.0f}%, "
+                f"node CPU {runs[-1]['node_cpu_pct']:.0f}%, server runqueue wait "
+                f"{runs[-1].get('server_runqueue_wait_pct', float('nan')):.0f}%"
+            )
+            time.sleep(0.5)
+        out["throughput_runs"] = runs
+        out["throughput"] = summarize_throughput(runs)
+        step(f"{target}: latency, {a.latency_rate}/s for {a.latency_duration}s")
+        out["latency"] = run_latency(ctx, server)
+        out["rss_end_bytes"] = server.rss()
+    except BenchError as exc:
+        out["error"] = str(exc)
+        step(f"{target}: FAILED: {exc}")
+    finally:
+        server.stop()
+        out["server_log_tail"] = tail(server.log_path, 15)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# report
+
+
+def step(message: str) -> None:
+    print(f"[fanout] {message}", file=sys.stderr, flush=True)
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "int":
+        return f"{value:,.0f}"
+    if kind == "ms":
+        return f"{value:.2f}"
+    if kind == "pct":
+        return f"{value:.0f}%"
+    if kind == "us":
+        return f"{value:.1f}"
+    if kind == "kib":
+        return f"{value / 1024:,.1f}"
+    if kind == "mib":
+        return f"{value / 1048576:,.1f}"
+    return str(value)
+
+
+def _get(result: dict[str, Any] | None, *path: str) -> Any:
+    node: Any = result
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+ROWS: list[tuple[str, tuple[str, ...], str, bool]] = [
+    # label, path into a target's result, format, include a collabtrio/floor ratio
+    ("throughput deliveries/s (median)", ("throughput", "deliveries_per_s_median"), "int", True),
+    ("throughput losses (all runs)", ("throughput", "losses_all"), "raw", False),
+    ("throughput elapsed ms (median)", ("throughput", "elapsed_ms_median"), "int", False),
+    ("server CPU during throughput", ("throughput", "server_cpu_pct_median"), "pct", False),
+    ("node CPU during throughput", ("throughput", "node_cpu_pct_median"), "pct", False),
+    (
+        "server waiting for its CPU",
+        ("throughput", "server_runqueue_wait_pct_median"),
+        "pct",
+        False,
+    ),
+    (
+        "server CPU us/delivery",
+        ("throughput", "server_cpu_us_per_delivery_median"),
+        "us",
+        True,
+    ),
+    ("latency p50 ms", ("latency", "p50_ms"), "ms", True),
+    ("latency p99 ms", ("latency", "p99_ms"), "ms", True),
+    ("latency max ms", ("latency", "max_ms"), "ms", False),
+    ("latency losses", ("latency", "losses"), "int", False),
+    ("RSS before connections MiB", ("idle", "rss_before_bytes"), "mib", False),
+    ("RSS with idle conns MiB", ("idle", "rss_idle_bytes"), "mib", False),
+    ("RSS per idle conn KiB", ("idle", "rss_per_conn_bytes"), "kib", True),
+]
+
+
+def ratio(results: dict[str, dict[str, Any]], path: tuple[str, ...]) -> float | None:
+    c = _get(results.get("collabtrio"), *path)
+    f = _get(results.get("floor"), *path)
+    if not isinstance(c, int | float) or not isinstance(f, int | float) or f == 0:
+        return None
+    return float(c) / float(f)
+
+
+def render_table(results: dict[str, dict[str, Any]]) -> str:
+    targets = [t for t in TARGETS if t in results]
+    both = len(targets) == 2
+    header = ["metric", *targets] + (["collabtrio/floor"] if both else [])
+    rows = [header]
+    for label, path, kind, with_ratio in ROWS:
+        row = [label] + [_fmt(_get(results[t], *path), kind) for t in targets]
+        if both:
+            r = ratio(results, path) if with_ratio else None
+            row.append(f"{r:.2f}x" if r is not None else "")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def tool_versions(node: str) -> dict[str, Any]:
+    versions: dict[str, Any] = {"python": platform.python_version()}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        versions["node"] = subprocess.run(
+            [node, "--version"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    for pkg in ("socket.io-client", "ws"):
+        with contextlib.suppress(OSError, ValueError):
+            meta = json.loads((BENCH / "node_modules" / pkg / "package.json").read_text())
+            versions[pkg] = meta.get("version")
+    with contextlib.suppress(Exception):
+        from importlib.metadata import version
+
+        for dist in ("collabtrio", "trio", "trio-websocket", "wsproto"):
+            with contextlib.suppress(Exception):
+                versions[dist] = version(dist)
+    return versions
+
+
+# ------------------------------------------------------------------------------------------
+# main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Fan-out benchmark: collabtrio vs a naive trio-websocket relay (the floor).",
+    )
+    p.add_argument("--only", choices=TARGETS, help="run one target only")
+    p.add_argument("--subscribers", type=int, default=100, help="subscribers in the room")
+    p.add_argument("--events", type=int, default=2000, help="events per throughput run")
+    p.add_argument("--repeat", type=int, default=1, help="throughput runs per target (median)")
+    p.add_argument("--payload-bytes", type=int, default=200, help="JSON size of each event's data")
+    p.add_argument("--timeout", type=float, default=60.0, help="throughput run time limit, s")
+    p.add_argument("--latency-rate", type=int, default=100, help="latency test events/s")
+    p.add_argument("--latency-duration", type=float, default=10.0, help="latency test length, s")
+    p.add_argument("--idle-connections", type=int, default=1000)
+    p.add_argument("--idle-rooms", type=int, default=100)
+    p.add_argument("--idle-settle", type=float, default=2.0, help="s before sampling idle RSS")
+    p.add_argument("--startup-timeout", type=float, default=30.0)
+    p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    p.add_argument("--python", default=sys.executable, help="interpreter for the floor server")
+    p.add_argument(
+        "--collabtrio",
+        default=str(Path(sys.executable).parent / "collabtrio"),
+        help="the collabtrio executable (default: next to this Python)",
+    )
+    p.add_argument("--node", default=shutil.which("node") or "node")
+    p.add_argument("--output", type=Path, help="results file (default bench/results/fanout-*.json)")
+    args = p.parse_args(argv)
+    for name in ("subscribers", "events", "repeat", "idle_connections", "idle_rooms"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not (BENCH / "node_modules" / "socket.io-client").is_dir():
+        print("bench/node_modules is missing: run `bash bench/setup.sh` first", file=sys.stderr)
+        return 2
+    if shutil.which(args.node) is None and not Path(args.node).exists():
+        print(f"node not found ({args.node})", file=sys.stderr)
+        return 2
+
+    # SIGTERM/SIGHUP -> KeyboardInterrupt, so the finally blocks stop every child.
+    def interrupted(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
+
+    pin = choose_pinning(not args.no_pin)
+    targets = [args.only] if args.only else list(TARGETS)
+    started = dt.datetime.now(dt.UTC)
+    step(f"pinning: {pin.description}")
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="collabtrio-fanout-") as tmp:
+        ctx = Ctx(args=args, node=args.node, pin=pin, workdir=Path(tmp))
+        try:
+            for target in targets:
+                results[target] = run_target(ctx, target)
+        except KeyboardInterrupt:
+            step("interrupted; stopping child processes")
+            for lg in list(ctx.live):
+                lg.kill()
+            raise
+
+    ratios = {
+        "throughput": ratio(results, ("throughput", "deliveries_per_s_median")),
+        "p99_latency": ratio(results, ("latency", "p99_ms")),
+        "rss_per_idle_conn": ratio(results, ("idle", "rss_per_conn_bytes")),
+        "server_cpu_us_per_delivery": ratio(
+            results, ("throughput", "server_cpu_us_per_delivery_median")
+        ),
+    }
+    report = {
+        "benchmark": "fanout",
+        "started_utc": started.isoformat(timespec="seconds"),
+        "host": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "cpu_model": _cpu_model(),
+            "pinning": pin.description,
+        },
+        "versions": tool_versions(args.node),
+        "params": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
+        },
+        "results": results,
+        "ratios_collabtrio_over_floor": ratios,
+    }
+    out_path = args.output or RESULTS / f"fanout-{started.strftime('%Y%m%d-%H%M%S')}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2) + "\n")
+
+    print()
+    print(
+        f"fan-out: {args.subscribers} subscribers, {args.events} events x ~{args.payload_bytes} B, "
+        f"latency {args.latency_rate}/s x {args.latency_duration:g}s, "
+        f"idle {args.idle_connections} conns / {args.idle_rooms} rooms; {pin.description}"
+    )
+    print(render_table(results))
+    if len(results) == 2:
+        shown = ", ".join(
+            f"{name} {value:.2f}x" for name, value in ratios.items() if value is not None
+        )
+        print(f"\ncollabtrio/floor: {shown or 'n/a'}")
+    failed = False
+    for target, res in results.items():
+        if "error" in res:
+            failed = True
+            print(f"\n{target}: FAILED\n{res['error']}")
+        for warning in _warnings(res):
+            print(f"{target}: warning: {warning}")
+    print(f"\nresults: {out_path}")
+    return 1 if failed else 0
+
+
+def _warnings(res: dict[str, Any]) -> list[str]:
+    warnings = []
+    tp = res.get("throughput") or {}
+    if tp.get("any_timeout"):
+        warnings.append("a throughput run hit the timeout (see losses)")
+    if tp.get("out_of_order_total"):
+        warnings.append(f"{tp['out_of_order_total']} deliveries arrived out of order")
+    if tp.get("echoes_to_sender_total"):
+        warnings.append(f"{tp['echoes_to_sender_total']} events were echoed to the publisher")
+    node_pct = tp.get("node_cpu_pct_median")
+    if node_pct is not None and node_pct > 85:
+        warnings.append(
+            f"node used {node_pct:.0f}% of a CPU during throughput: the load generator may be "
+            "the bottleneck"
+        )
+    wait = tp.get("server_runqueue_wait_pct_median")
+    if wait is not None and wait > 10:
+        warnings.append(
+            f"the server spent {wait:.0f}% of the throughput run waiting for its CPU: another "
+            "process shares it, so figures are pessimistic"
+        )
+    lat = res.get("latency") or {}
+    if lat.get("losses"):
+        warnings.append(f"latency test lost {lat['losses']} deliveries")
+    idle = res.get("idle") or {}
+    if "warning" in idle:
+        warnings.append(idle["warning"])
+    return warnings
+
+
+def _cpu_model() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or None
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

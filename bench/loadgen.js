@@ -1,0 +1,473 @@
+#!/usr/bin/env node
+// Fan-out load generator for bench/fanout.py.
+//
+//   node bench/loadgen.js --target collabtrio|floor --url http://127.0.0.1:PORT --mode MODE [options]
+//
+// Modes (all print exactly one JSON result line on stdout; progress goes to stderr):
+//   throughput  N subscribers + 1 publisher in one room; the publisher fires E events back to
+//               back; reports deliveries/s from the first send to the last subscriber's E-th event.
+//   latency     same room; the publisher sends RATE events/s for DURATION s, each stamped with
+//               performance.now(); reports per-delivery latency percentiles (one clock: publisher
+//               and subscribers live in this process).
+//   idle        C connections over R rooms, all joined; prints {"phase":"ready",...} and holds
+//               them until stdin closes or SIGINT/SIGTERM, then prints the result line.
+//
+// With --wait-go (throughput/latency) the generator prints {"phase":"ready"} once every client
+// has joined and waits for a line on stdin before it starts sending, so a driver can snapshot
+// the server's CPU counters at the right moment.
+//
+// Targets:
+//   collabtrio  stock socket.io-client v4, websocket transport only; join with ack, publish with
+//               socket.emit("broadcast", {room, event: "tick", data}); subscribers listen to the
+//               "broadcast" event.
+//   floor       the `ws` package against bench/floor_server.py: first frame {"join": room}, the
+//               server answers {"joined": room}; then frames {"room", "event": "tick", "data"}
+//               that the floor relays verbatim.
+"use strict";
+
+const { performance } = require("node:perf_hooks");
+const readline = require("node:readline");
+
+// ---------------------------------------------------------------------------------------------
+// arguments
+
+function parseArgs(argv) {
+  const opts = {
+    target: null,
+    url: null,
+    mode: null,
+    subscribers: 100,
+    events: 2000,
+    payloadBytes: 200,
+    rate: 100,
+    duration: 10,
+    connections: 1000,
+    rooms: 100,
+    room: "bench-0",
+    timeout: 60,
+    connectConcurrency: 50,
+    connectTimeout: 20,
+    waitGo: false,
+  };
+  const numeric = new Set([
+    "subscribers", "events", "payloadBytes", "rate", "duration", "connections", "rooms",
+    "timeout", "connectConcurrency", "connectTimeout",
+  ]);
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (!arg.startsWith("--")) throw new Error(`unexpected argument ${arg}`);
+    const key = arg.slice(2).replace(/-([a-z])/g, (_, c) => c.toUpperCase());
+    if (!(key in opts)) throw new Error(`unknown option ${arg}`);
+    if (typeof opts[key] === "boolean") {
+      opts[key] = true;
+      continue;
+    }
+    const value = argv[++i];
+    if (value === undefined) throw new Error(`${arg} needs a value`);
+    opts[key] = numeric.has(key) ? Number(value) : value;
+    if (numeric.has(key) && !Number.isFinite(opts[key])) throw new Error(`${arg}: not a number`);
+  }
+  if (!["collabtrio", "floor"].includes(opts.target)) throw new Error("--target collabtrio|floor");
+  if (!["throughput", "latency", "idle"].includes(opts.mode)) {
+    throw new Error("--mode throughput|latency|idle");
+  }
+  if (!opts.url) throw new Error("--url http://127.0.0.1:PORT is required");
+  return opts;
+}
+
+function log(...args) {
+  process.stderr.write(`loadgen: ${args.join(" ")}\n`);
+}
+
+function emitLine(obj) {
+  process.stdout.write(JSON.stringify(obj) + "\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// clients: both targets expose the same tiny interface
+//   await client.ready        resolves once the client is a member of its room
+//   client.onTick = (data) => {}
+//   client.onClose = (reason) => {}
+//   client.publish(data)
+//   client.close()
+
+function withTimeout(promise, seconds, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: timed out after ${seconds}s`)), seconds * 1000);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+class CollabtrioClient {
+  constructor(url, room) {
+    const { io } = require("socket.io-client");
+    this.room = room;
+    this.onTick = null;
+    this.onClose = null;
+    this.closed = false;
+    this.socket = io(url, { transports: ["websocket"], forceNew: true, reconnection: false });
+    this.socket.on("broadcast", (msg) => {
+      if (this.onTick && msg && msg.event === "tick") this.onTick(msg.data);
+    });
+    this.socket.on("disconnect", (reason) => {
+      this.closed = true;
+      if (this.onClose) this.onClose(reason);
+    });
+    this.ready = new Promise((resolve, reject) => {
+      this.socket.once("connect_error", (err) => reject(new Error(`connect_error: ${err.message}`)));
+      this.socket.once("connect", () => {
+        this.socket.emit("join", { room }, (ack) => {
+          if (ack && ack.ok) resolve();
+          else reject(new Error(`join refused: ${JSON.stringify(ack)}`));
+        });
+      });
+    });
+  }
+
+  publish(data) {
+    this.socket.emit("broadcast", { room: this.room, event: "tick", data });
+  }
+
+  close() {
+    this.socket.disconnect();
+  }
+}
+
+class FloorClient {
+  constructor(url, room) {
+    const WebSocket = require("ws");
+    this.room = room;
+    this.onTick = null;
+    this.onClose = null;
+    this.closed = false;
+    this.ws = new WebSocket(url.replace(/^http/, "ws"), { perMessageDeflate: false });
+    this.ready = new Promise((resolve, reject) => {
+      let joined = false;
+      this.ws.on("open", () => this.ws.send(JSON.stringify({ join: room })));
+      this.ws.on("error", (err) => {
+        if (!joined) reject(err);
+      });
+      this.ws.on("message", (raw, isBinary) => {
+        if (isBinary) return;
+        const msg = JSON.parse(raw.toString());
+        if (msg.event === "tick") {
+          if (this.onTick) this.onTick(msg.data);
+        } else if (!joined && msg.joined === room) {
+          joined = true;
+          resolve();
+        }
+      });
+      this.ws.on("close", (code, reason) => {
+        this.closed = true;
+        if (!joined) reject(new Error(`closed before joining: ${code} ${reason}`));
+        if (this.onClose) this.onClose(`close ${code}`);
+      });
+    });
+  }
+
+  publish(data) {
+    this.ws.send(JSON.stringify({ room: this.room, event: "tick", data }));
+  }
+
+  close() {
+    this.ws.close();
+  }
+}
+
+function makeClient(opts, room) {
+  return opts.target === "collabtrio"
+    ? new CollabtrioClient(opts.url, room)
+    : new FloorClient(opts.url, room);
+}
+
+// Open `rooms.length` clients (one per entry, joined to that room), `concurrency` at a time.
+async function openClients(opts, rooms) {
+  const clients = new Array(rooms.length);
+  let next = 0;
+  async function worker() {
+    while (next < rooms.length) {
+      const i = next++;
+      const client = makeClient(opts, rooms[i]);
+      clients[i] = client;
+      await withTimeout(client.ready, opts.connectTimeout, `client ${i} join ${rooms[i]}`);
+    }
+  }
+  const workers = [];
+  for (let w = 0; w < Math.min(opts.connectConcurrency, rooms.length); w++) workers.push(worker());
+  try {
+    await Promise.all(workers);
+  } catch (err) {
+    closeAll(clients);
+    throw err;
+  }
+  return clients;
+}
+
+function closeAll(clients) {
+  for (const c of clients) {
+    if (c) {
+      try {
+        c.close();
+      } catch (_) {
+        // already gone
+      }
+    }
+  }
+}
+
+// A ~payloadBytes JSON object: JSON.stringify(data).length is payloadBytes for a 4-digit seq
+// and a typical performance.now() value (the exact size varies by a few bytes).
+function makePayloadFactory(payloadBytes) {
+  const probe = JSON.stringify({ seq: 1000, t: 12345.678901234567, pad: "" }).length;
+  const pad = "x".repeat(Math.max(0, payloadBytes - probe));
+  return (seq) => ({ seq, t: performance.now(), pad });
+}
+
+function waitForGo(opts, extra) {
+  if (!opts.waitGo) return Promise.resolve();
+  emitLine({ phase: "ready", ...extra });
+  return new Promise((resolve) => {
+    const rl = readline.createInterface({ input: process.stdin });
+    const done = () => {
+      rl.close();
+      resolve();
+    };
+    rl.once("line", done);
+    rl.once("close", done);
+  });
+}
+
+function summarize(sorted) {
+  const n = sorted.length;
+  if (n === 0) return { count: 0 };
+  const pct = (p) => sorted[Math.min(n - 1, Math.max(0, Math.ceil((p / 100) * n) - 1))];
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum += sorted[i];
+  const r3 = (x) => Math.round(x * 1000) / 1000;
+  return {
+    count: n,
+    min_ms: r3(sorted[0]),
+    mean_ms: r3(sum / n),
+    p50_ms: r3(pct(50)),
+    p90_ms: r3(pct(90)),
+    p99_ms: r3(pct(99)),
+    p999_ms: r3(pct(99.9)),
+    max_ms: r3(sorted[n - 1]),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// modes
+
+async function throughput(opts) {
+  const N = opts.subscribers;
+  const E = opts.events;
+  const rooms = new Array(N + 1).fill(opts.room);
+  const setupStart = performance.now();
+  const clients = await openClients(opts, rooms);
+  const setupMs = performance.now() - setupStart;
+  const publisher = clients[N];
+  const subscribers = clients.slice(0, N);
+
+  const counts = new Uint32Array(N);
+  let delivered = 0;
+  let outOfOrder = 0;
+  let finished = 0;
+  let echoes = 0;
+  let disconnects = 0;
+  let lastDelivery = 0;
+  let resolveDone;
+  const done = new Promise((resolve) => (resolveDone = resolve));
+
+  subscribers.forEach((client, i) => {
+    client.onTick = (data) => {
+      if (counts[i] !== data.seq) outOfOrder++;
+      counts[i]++;
+      delivered++;
+      lastDelivery = performance.now();
+      if (counts[i] === E) {
+        finished++;
+        if (finished === N) resolveDone("complete");
+      }
+    };
+    client.onClose = () => {
+      disconnects++;
+    };
+  });
+  publisher.onTick = () => echoes++;
+  publisher.onClose = () => disconnects++;
+
+  await waitForGo(opts, { clients: clients.length });
+  const cpu0 = process.cpuUsage();
+  const makePayload = makePayloadFactory(opts.payloadBytes);
+  const payloadBytes = JSON.stringify(makePayload(Math.floor(E / 2))).length;
+  const t0 = performance.now();
+  for (let seq = 0; seq < E; seq++) publisher.publish(makePayload(seq));
+  const sendMs = performance.now() - t0;
+  let timer;
+  const outcome = await Promise.race([
+    done,
+    new Promise((resolve) => (timer = setTimeout(() => resolve("timeout"), opts.timeout * 1000))),
+  ]);
+  clearTimeout(timer);
+  const end = outcome === "complete" ? lastDelivery : lastDelivery || performance.now();
+  const elapsedMs = Math.max(end - t0, 1e-3);
+  const cpu = process.cpuUsage(cpu0);
+
+  const expected = E * N;
+  const result = {
+    mode: "throughput",
+    target: opts.target,
+    subscribers: N,
+    events: E,
+    payload_bytes: payloadBytes,
+    setup_ms: Math.round(setupMs),
+    send_ms: Math.round(sendMs * 1000) / 1000,
+    elapsed_ms: Math.round(elapsedMs * 1000) / 1000,
+    delivered,
+    expected,
+    losses: expected - delivered,
+    deliveries_per_s: Math.round(delivered / (elapsedMs / 1000)),
+    timed_out: outcome === "timeout",
+    subscribers_complete: finished,
+    out_of_order: outOfOrder,
+    echoes_to_sender: echoes,
+    disconnects,
+    node_cpu_s: Math.round(((cpu.user + cpu.system) / 1e6) * 1e6) / 1e6,
+  };
+  return { result, clients };
+}
+
+async function latency(opts) {
+  const N = opts.subscribers;
+  const total = Math.round(opts.rate * opts.duration);
+  const rooms = new Array(N + 1).fill(opts.room);
+  const clients = await openClients(opts, rooms);
+  const publisher = clients[N];
+  const subscribers = clients.slice(0, N);
+
+  const samples = new Float64Array(total * N);
+  let delivered = 0;
+  let echoes = 0;
+  let disconnects = 0;
+  let resolveDone;
+  const done = new Promise((resolve) => (resolveDone = resolve));
+  subscribers.forEach((client) => {
+    client.onTick = (data) => {
+      const now = performance.now();
+      if (delivered < samples.length) samples[delivered] = now - data.t;
+      delivered++;
+      if (delivered === samples.length) resolveDone("complete");
+    };
+    client.onClose = () => disconnects++;
+  });
+  publisher.onTick = () => echoes++;
+  publisher.onClose = () => disconnects++;
+
+  await waitForGo(opts, { clients: clients.length });
+  const makePayload = makePayloadFactory(opts.payloadBytes);
+  const intervalMs = 1000 / opts.rate;
+  const start = performance.now();
+  let sent = 0;
+  // Send on schedule: at each wake-up, send every event whose slot start + k*interval has
+  // passed.  A late timer therefore sends a small burst rather than silently lowering the rate.
+  await new Promise((resolve) => {
+    const tick = () => {
+      const now = performance.now();
+      while (sent < total && start + sent * intervalMs <= now) publisher.publish(makePayload(sent++));
+      if (sent >= total) return resolve();
+      setTimeout(tick, Math.max(0, start + sent * intervalMs - performance.now()));
+    };
+    tick();
+  });
+  const sendSpanMs = performance.now() - start;
+  let timer;
+  const outcome = await Promise.race([
+    done,
+    new Promise((resolve) => (timer = setTimeout(() => resolve("timeout"), 5000))),
+  ]);
+  clearTimeout(timer);
+
+  const n = Math.min(delivered, samples.length);
+  const sorted = samples.slice(0, n).sort();
+  const result = {
+    mode: "latency",
+    target: opts.target,
+    subscribers: N,
+    rate_per_s: opts.rate,
+    duration_s: opts.duration,
+    events: total,
+    send_span_ms: Math.round(sendSpanMs),
+    expected: total * N,
+    delivered,
+    losses: total * N - delivered,
+    timed_out: outcome === "timeout",
+    echoes_to_sender: echoes,
+    disconnects,
+    ...summarize(sorted),
+  };
+  return { result, clients };
+}
+
+async function idle(opts) {
+  const C = opts.connections;
+  const R = opts.rooms;
+  const rooms = Array.from({ length: C }, (_, i) => `${opts.room}-idle-${i % R}`);
+  const start = performance.now();
+  const clients = await openClients(opts, rooms);
+  const setupMs = performance.now() - start;
+  let disconnects = 0;
+  for (const c of clients) c.onClose = () => disconnects++;
+  emitLine({ phase: "ready", mode: "idle", connections: C, rooms: R, setup_ms: Math.round(setupMs) });
+
+  await new Promise((resolve) => {
+    process.stdin.resume();
+    process.stdin.on("end", resolve);
+    process.stdin.on("close", resolve);
+    process.once("SIGINT", resolve);
+    process.once("SIGTERM", resolve);
+  });
+  const heldMs = performance.now() - start - setupMs;
+  const stillOpen = clients.filter((c) => !c.closed).length;
+  const result = {
+    mode: "idle",
+    target: opts.target,
+    connections: C,
+    rooms: R,
+    setup_ms: Math.round(setupMs),
+    held_ms: Math.round(heldMs),
+    still_open: stillOpen,
+    disconnects,
+  };
+  return { result, clients };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main() {
+  let opts;
+  try {
+    opts = parseArgs(process.argv.slice(2));
+  } catch (err) {
+    log(err.message);
+    process.exit(2);
+  }
+  const modes = { throughput, latency, idle };
+  try {
+    // Each mode returns its result and its still-open clients; they are closed only after the
+    // result line is out, so a driver's measurement window does not include the disconnects.
+    const { result, clients } = await modes[opts.mode](opts);
+    emitLine(result);
+    closeAll(clients);
+    // socket.io-client closes asynchronously; don't let a straggling handle keep us alive.
+    setTimeout(() => process.exit(0), 200).unref();
+    process.exitCode = 0;
+  } catch (err) {
+    emitLine({ mode: opts.mode, target: opts.target, error: String(err && err.message ? err.message : err) });
+    log(err && err.stack ? err.stack : err);
+    process.exit(1);
+  }
+}
+
+main();

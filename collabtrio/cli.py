@@ -1,0 +1,214 @@
+"""The ``collabtrio`` command: ``serve`` and ``token``.
+
+Every :class:`~collabtrio.config.Config` field is a ``serve`` flag and an environment
+variable (``max_payload`` -> ``--max-payload`` / ``COLLABTRIO_MAX_PAYLOAD``); a flag
+wins over the variable, the variable over the default. Exit codes: 0 after a clean
+shutdown, 2 for a configuration or storage problem (with a message saying what to do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from . import __version__
+from .auth import mint_token, parse_room_grant, parse_ttl
+from .config import ROLES, Config, settings
+from .storage import StorageError
+
+ENV_PREFIX = "COLLABTRIO_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_name(field_name: str) -> str:
+    """``max_payload`` -> ``COLLABTRIO_MAX_PAYLOAD``."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def flag_name(field_name: str) -> str:
+    """``max_payload`` -> ``--max-payload``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
+    default = f.default
+    if isinstance(default, bool):
+        low = raw.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ValueError(f"{env_name(f.name)}: expected true/false, got {raw!r}")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in settings():
+        group_name = f.metadata.get("group", "server")
+        group = groups.get(group_name)
+        if group is None:
+            group = groups[group_name] = parser.add_argument_group(group_name)
+        help_text = f"{f.metadata['help']} [env {env_name(f.name)}; default: {f.default}]"
+        if isinstance(f.default, bool):
+            group.add_argument(
+                flag_name(f.name), dest=f.name, action="store_const", const=True,
+                default=None, help=help_text,
+            )
+        else:
+            kwargs: dict[str, Any] = {}
+            if f.name == "default_role":
+                kwargs["choices"] = ROLES
+            group.add_argument(
+                flag_name(f.name), dest=f.name, default=None, metavar=f.name.upper(),
+                help=help_text, **kwargs,
+            )
+
+
+def config_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
+    """Build a :class:`Config` from parsed flags, then ``COLLABTRIO_*``, then defaults."""
+    environ = dict(os.environ) if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in settings():
+        raw = getattr(args, f.name, None)
+        if raw is True:
+            values[f.name] = True
+            continue
+        if raw is None:
+            raw = environ.get(env_name(f.name))
+        if raw is None:
+            continue
+        try:
+            values[f.name] = _convert(f, raw)
+        except ValueError as exc:
+            raise ValueError(f"{flag_name(f.name)}: {exc}") from None
+    return Config(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to render ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="collabtrio",
+        description="Real-time collaboration server: Socket.IO rooms, presence and "
+        "documents on trio, with SQLite by default.",
+    )
+    parser.add_argument("--version", action="version", version=f"collabtrio {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the server",
+        description="Run the server. Every option is also an environment variable "
+        "COLLABTRIO_<OPTION> (e.g. COLLABTRIO_AUTH_SECRET).",
+    )
+    _add_config_flags(serve)
+
+    token = sub.add_parser(
+        "token",
+        help="print a JWT signed with the configured secret (for local use and tests)",
+        description="Print an HS256 JWT signed with --auth-secret / COLLABTRIO_AUTH_SECRET.",
+    )
+    token.add_argument("--sub", required=True, help="user id (the `sub` claim)")
+    token.add_argument("--name", help="display name")
+    token.add_argument("--email")
+    token.add_argument("--picture", help="avatar URL")
+    token.add_argument(
+        "--room", action="append", default=[], metavar="ROOM=ROLE",
+        help="role for a room or prefix, e.g. 'doc:*=write' (repeatable)",
+    )
+    token.add_argument("--ttl", default="1h", help="lifetime: 90, 30s, 15m, 1h, 7d (default 1h)")
+    token.add_argument("--auth-secret", dest="auth_secret", default=None,
+                       help=f"signing secret [env {env_name('auth_secret')}]")
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def _serve(config: Config) -> None:
+    from .server import Server
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(Server(config).run)
+            print(f"collabtrio {__version__} listening on {server.url} "
+                  f"(storage: {config.db})", flush=True)
+            async for signum in signals:
+                logging.getLogger("collabtrio").info(
+                    "received %s: shutting down", signal.Signals(signum).name
+                )
+                server.shutdown()
+                break
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        config = config_from(args)
+        config.check()
+    except (ValueError, TypeError) as exc:
+        print(f"collabtrio: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(config.log_level)
+    if config.anonymous:
+        logging.getLogger("collabtrio").warning(
+            "anonymous mode: clients without a token are accepted as anonymous users "
+            "with role %r; do not expose this server to untrusted networks",
+            config.default_role,
+        )
+    try:
+        trio.run(_serve, config)
+    except StorageError as exc:
+        print(f"collabtrio: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # e.g. an unreadable public key
+        print(f"collabtrio: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"collabtrio: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    secret = args.auth_secret or os.environ.get(env_name("auth_secret"))
+    if not secret:
+        print(
+            "collabtrio token: no secret: pass --auth-secret SECRET or set "
+            f"{env_name('auth_secret')} (the same one the server uses)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        rooms = dict(parse_room_grant(spec) for spec in args.room)
+        ttl = parse_ttl(args.ttl)
+        print(mint_token(secret, sub=args.sub, name=args.name, email=args.email,
+                         picture=args.picture, rooms=rooms or None, ttl_s=ttl))
+    except ValueError as exc:
+        print(f"collabtrio token: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``collabtrio`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _cmd_serve(args)
+    return _cmd_token(args)

@@ -1,0 +1,139 @@
+"""Server configuration: one frozen dataclass, every field a documented limit or setting.
+
+Each field carries its help text, and the CLI derives ``--flag`` and ``COLLABTRIO_FLAG``
+from the field name (``max_payload`` -> ``--max-payload`` / ``COLLABTRIO_MAX_PAYLOAD``),
+so the command line, the environment and the README's table cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Role = Literal["read", "write", "admin"]
+ROLES: tuple[Role, ...] = ("read", "write", "admin")
+
+
+def _f(default: Any, help: str, *, group: str = "server") -> Any:
+    return field(default=default, metadata={"help": help, "group": group})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything a running server needs to know.
+
+    Build one with keyword arguments (``Config(port=0, anonymous=True)``) when
+    embedding; the CLI builds it from flags and ``COLLABTRIO_*`` variables.
+    Validation happens in :meth:`check`, which :func:`collabtrio.serve` calls.
+    """
+
+    host: str = _f("127.0.0.1", "Interface to listen on.")
+    port: int = _f(8765, "TCP port for Socket.IO, HTTP and y-websocket (0 picks a free one).")
+    db: str = _f(
+        "sqlite:///./collabtrio.db",
+        "Storage URL: sqlite:///path/to/file.db or postgresql://user@host/dbname.",
+        group="storage",
+    )
+    auth_secret: str | None = _f(
+        None, "Shared secret for HS256 JWTs (also signs `collabtrio token`).", group="auth"
+    )
+    jwt_public_key: str | None = _f(
+        None,
+        "PEM public key (or path to a PEM file) for RS256/ES256 JWTs.",
+        group="auth",
+    )
+    anonymous: bool = _f(
+        False,
+        "Accept connections without a token as anonymous users (local use only).",
+        group="auth",
+    )
+    default_role: Role = _f(
+        "write", "Role for rooms the token and grants say nothing about.", group="auth"
+    )
+    token_refresh_grace_s: float = _f(
+        25.0,
+        "Seconds a connection whose token expired has to send `refresh-token`.",
+        group="auth",
+    )
+    ping_interval_ms: int = _f(25000, "Engine.IO pingInterval.", group="transport")
+    ping_timeout_ms: int = _f(
+        20000, "Engine.IO pingTimeout: no pong within it disconnects.", group="transport"
+    )
+    max_payload: int = _f(
+        1_000_000,
+        "Engine.IO maxPayload: a bigger WebSocket message closes the connection (1009).",
+        group="limits",
+    )
+    max_event_bytes: int = _f(
+        512 * 1024,
+        "Largest event payload (text plus attachments); bigger gets TOO_LARGE.",
+        group="limits",
+    )
+    max_attachments: int = _f(
+        10, "Binary attachments per packet; more closes the connection.", group="limits"
+    )
+    rate_limit_per_s: float = _f(
+        100.0, "Events per second per connection (token bucket refill).", group="limits"
+    )
+    rate_limit_burst: int = _f(200, "Token bucket size per connection.", group="limits")
+    max_rooms_per_connection: int = _f(100, "Rooms one connection may be in.", group="limits")
+    max_room_members: int = _f(
+        1000, "Connections per room; past it, join gets ROOM_FULL.", group="limits"
+    )
+    max_connections: int = _f(
+        10000, "Total connections; past it, new WebSockets are refused (503).", group="limits"
+    )
+    outbox_max_bytes: int = _f(
+        1 << 20,
+        "Bytes queued for one slow client before volatile events are dropped and, "
+        "if still over, it is disconnected (slow-consumer).",
+        group="limits",
+    )
+    room_inbox_size: int = _f(
+        256, "Commands queued for one room before senders wait (backpressure).", group="limits"
+    )
+    room_idle_s: float = _f(30.0, "A room with no members closes after this many seconds.")
+    shutdown_grace_s: float = _f(
+        2.0, "On SIGINT/SIGTERM, seconds allowed for rooms to flush and sockets to close."
+    )
+    log_level: str = _f("info", "Logging level: debug, info, warning, error.")
+
+    def check(self) -> None:
+        """Raise :class:`ValueError` with a message a person can act on."""
+        if not (self.auth_secret or self.jwt_public_key or self.anonymous):
+            raise ValueError(
+                "no way to authenticate clients: pass --auth-secret SECRET (or set "
+                "COLLABTRIO_AUTH_SECRET), or --jwt-public-key key.pem, or --anonymous "
+                "for local use without tokens"
+            )
+        if self.default_role not in ROLES:
+            raise ValueError(f"default_role must be one of {', '.join(ROLES)}")
+        if not (0 <= self.port <= 65535):
+            raise ValueError("port must be between 0 and 65535")
+        for name in (
+            "ping_interval_ms",
+            "ping_timeout_ms",
+            "max_payload",
+            "max_event_bytes",
+            "rate_limit_burst",
+            "max_rooms_per_connection",
+            "max_room_members",
+            "max_connections",
+            "outbox_max_bytes",
+            "room_inbox_size",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.rate_limit_per_s <= 0 or self.room_idle_s < 0 or self.max_attachments < 0:
+            raise ValueError("rate_limit_per_s must be positive, room_idle_s and "
+                             "max_attachments not negative")
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def settings() -> list[dataclasses.Field[Any]]:
+    """The documented settings, in declaration order (used by the CLI and docs)."""
+    return list(dataclasses.fields(Config))

@@ -1,0 +1,121 @@
+"""Client event handlers: validate, check membership and limits, hand over to the room.
+
+A handler runs in the sending connection's task. It validates the payload (pydantic,
+``VALIDATION`` / ``INVALID_ROOM``), checks what the connection itself knows (joined
+rooms, rooms-per-connection limit, personal rooms) and puts a command in the room's
+mailbox. The room answers; handlers only answer refusals (raising
+:class:`~collabtrio.errors.CollabError`, which the connection turns into the ack or
+``operation-error``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from .auth import check_join_allowed, check_room_id, resolve_role
+from .errors import CollabError, ErrorCode
+from .protocol import messages
+from .rooms.room import Join, Leave, Relay
+
+if TYPE_CHECKING:
+    from .server import Server
+    from .transport.connection import Connection
+
+Handler = Callable[["Server", "Connection", Any, "int | None"], Awaitable[None]]
+
+# events relayed to the other members as they are (plus the sender's identity)
+VOLATILE = frozenset({"cursor", "selection", "typing"})
+
+# events of the protocol that this server version does not implement yet
+NOT_YET = frozenset(
+    {"op", "field", "chat", "yjs-update", "yjs-sync", "yjs-awareness"}
+)
+
+
+def _joined_room(conn: Connection, room_id: str, event: str) -> Any:
+    room = conn.rooms.get(room_id)
+    if room is None:
+        raise CollabError(ErrorCode.NOT_JOINED, f"join room {room_id!r} before sending {event}")
+    return room
+
+
+async def join(server: Server, conn: Connection, payload: Any, ack_id: int | None) -> None:
+    """``join {room, since?}``."""
+    msg = messages.parse_payload("join", payload)
+    assert isinstance(msg, messages.JoinPayload)
+    await request_join(server, conn, msg.room, ack_id, since=msg.since)
+
+
+async def request_join(
+    server: Server,
+    conn: Connection,
+    room_id: str,
+    ack_id: int | None,
+    *,
+    since: int | None = None,
+    at_connect: bool = False,
+) -> None:
+    """Check a join and queue it in the room (shared by ``join`` and connect-time rooms)."""
+    identity = conn.identity
+    assert identity is not None
+    check_join_allowed(identity, room_id)
+    limit = server.config.max_rooms_per_connection
+    if room_id not in conn.rooms and len(conn.rooms) + conn.pending_joins >= limit:
+        raise CollabError(
+            ErrorCode.FORBIDDEN, f"a connection may be in at most {limit} rooms; leave one first"
+        )
+    role = resolve_role(identity, room_id, grants=None, default=server.config.default_role)
+    room = server.registry.get_or_open(room_id)
+    conn.pending_joins += 1
+    await room.mailbox.put(Join(conn, role, ack_id, since=since, at_connect=at_connect))
+
+
+async def leave(server: Server, conn: Connection, payload: Any, ack_id: int | None) -> None:
+    """``leave {room}``."""
+    msg = messages.parse_payload("leave", payload)
+    assert isinstance(msg, messages.LeavePayload)
+    room = _joined_room(conn, msg.room, "leave")
+    await room.mailbox.put(Leave(conn, ack_id))
+
+
+def _relay_handler(event: str) -> Handler:
+    volatile = event in VOLATILE
+
+    async def relay(server: Server, conn: Connection, payload: Any, ack_id: int | None) -> None:
+        msg = messages.parse_payload(event, payload)
+        room_id: str = msg.room  # type: ignore[attr-defined]
+        room = _joined_room(conn, room_id, event)
+        # relay what the client sent (validated), so its own extra fields reach the others
+        await room.mailbox.put(Relay(conn, event, dict(payload), ack_id, volatile))
+
+    relay.__name__ = relay.__qualname__ = f"relay_{event}"
+    relay.__doc__ = f"``{event}``: relayed to the other members of the room."
+    return relay
+
+
+async def refresh_token(server: Server, conn: Connection, payload: Any, ack_id: int | None) -> None:
+    """``refresh-token {token}``: replace an expiring token (same ``sub``)."""
+    msg = messages.parse_payload("refresh-token", payload)
+    assert isinstance(msg, messages.RefreshTokenPayload)
+    assert conn.identity is not None
+    conn.identity = server.auth.refresh(conn.identity, msg.token)
+    server.schedule_token_expiry(conn)
+    if ack_id is not None:
+        conn.ack(ack_id, {"ok": True, "expiresAt": conn.identity.expires_at})
+
+
+async def not_yet(server: Server, conn: Connection, payload: Any, ack_id: int | None) -> None:
+    """Protocol events this server version does not implement."""
+    if isinstance(payload, dict) and "room" in payload:
+        check_room_id(payload["room"])
+    raise CollabError(ErrorCode.UNKNOWN_EVENT, "this event is not supported by this server version")
+
+
+HANDLERS: dict[str, Handler] = {
+    "join": join,
+    "leave": leave,
+    "refresh-token": refresh_token,
+    **{name: _relay_handler(name) for name in ("cursor", "selection", "typing", "broadcast")},
+    **{name: not_yet for name in NOT_YET},
+}

@@ -1,0 +1,1 @@
+"""Rooms: the registry, the per-room task and its mailbox."""

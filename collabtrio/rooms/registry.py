@@ -1,0 +1,106 @@
+"""The room registry: opens rooms on demand, each in its own task and nursery.
+
+A room is inserted in :attr:`RoomRegistry.rooms` *before* its task starts, and removes
+itself synchronously when it decides to close, so a join that races the room's
+creation or its closing finds exactly one live room. Personal rooms (``user:<sub>``)
+are not Room tasks: they are an index from user id to that user's connections, which
+is all a personal room needs (delivery to one user's sockets), at no cost per user.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ..config import Config
+from ..transport.connection import Connection, event_frames
+from .room import Publish, Room
+
+PERSONAL_PREFIX = "user:"
+
+
+def wall_ms() -> int:
+    """Milliseconds since the epoch (for timestamps clients see)."""
+    return int(time.time() * 1000)
+
+
+class RoomRegistry:
+    """All open rooms of one server.
+
+    Resource handling: rooms run in the nursery given to :meth:`run`; cancelling it
+    tears every room down.
+    """
+
+    def __init__(self, config: Config, *, wall_ms: Callable[[], int] = wall_ms) -> None:
+        self.config = config
+        self.wall_ms = wall_ms
+        self.rooms: dict[str, Room] = {}
+        self.users: dict[str, set[Connection]] = {}
+        self._nursery: trio.Nursery | None = None
+        self.opened_total = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the rooms' nursery until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def get(self, room_id: str) -> Room | None:
+        """The open room with this id, if any."""
+        return self.rooms.get(room_id)
+
+    def get_or_open(self, room_id: str) -> Room:
+        """The open room with this id, opening it (and starting its task) if needed."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            if self._nursery is None:
+                raise RuntimeError("RoomRegistry.run is not running")
+            room = Room(room_id, self)
+            self.rooms[room_id] = room
+            self.opened_total += 1
+            self._nursery.start_soon(room.run, name=f"room:{room_id}")
+        return room
+
+    def forget(self, room: Room) -> None:
+        """Called by a closing room: later joins open a fresh one."""
+        if self.rooms.get(room.id) is room:
+            del self.rooms[room.id]
+
+    # -- personal rooms ------------------------------------------------------------------
+
+    def add_user_connection(self, conn: Connection) -> None:
+        """Put ``conn`` in its personal room ``user:<sub>``."""
+        assert conn.identity is not None
+        self.users.setdefault(conn.identity.user_id, set()).add(conn)
+
+    def remove_user_connection(self, conn: Connection) -> None:
+        """Take ``conn`` out of its personal room."""
+        if conn.identity is None:
+            return
+        conns = self.users.get(conn.identity.user_id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.users[conn.identity.user_id]
+
+    def publish(self, room_id: str, event: str, data: Any) -> int:
+        """Send a server-side ``broadcast`` to a room; returns members reached (approx.)."""
+        if room_id.startswith(PERSONAL_PREFIX):
+            conns = self.users.get(room_id[len(PERSONAL_PREFIX):], set())
+            frames = event_frames(
+                "broadcast",
+                {"room": room_id, "event": event, "data": data,
+                 "socketId": None, "userId": None, "userName": None},
+            )
+            for conn in conns:
+                conn.send_frames(frames)
+            return len(conns)
+        room = self.rooms.get(room_id)
+        if room is None:
+            return 0
+        room.mailbox.put_nowait(Publish(event, data))
+        return len(room.members)

@@ -1,0 +1,88 @@
+"""One task for every per-connection timer (pings, pong deadlines, token expiry).
+
+Theory of operation: a per-connection ping task costs a task's memory for each idle
+connection; a heap of ``(when, seq, callback)`` served by a single task costs one
+tuple. Callbacks are plain synchronous functions run by the timer task; they must not
+block and should only flip state, queue frames or cancel scopes. A cancelled handle
+stays in the heap until its time comes and is then skipped (lazy deletion), so
+cancelling is O(1).
+
+Times are ``trio.current_time()`` values, so everything here is exact under
+``trio.testing.MockClock``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections.abc import Callable
+
+import trio
+
+log = logging.getLogger(__name__)
+
+
+class TimerHandle:
+    """A scheduled callback; :meth:`cancel` stops it from running."""
+
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Do not run the callback (idempotent)."""
+        self.cancelled = True
+
+
+class Timers:
+    """A single-task timer service.
+
+    Start :meth:`run` in a nursery; :meth:`call_at` / :meth:`call_later` may be called
+    before it starts. A callback that raises is logged and does not stop the others.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, TimerHandle]] = []
+        self._counter = itertools.count()
+        self._wakeup: trio.CancelScope | None = None
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback()`` at trio time ``when`` (or soon after)."""
+        handle = TimerHandle(when, callback)
+        heapq.heappush(self._heap, (when, next(self._counter), handle))
+        scope = self._wakeup
+        if scope is not None and when < scope.deadline:
+            scope.deadline = when
+        return handle
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback()`` after ``delay`` seconds."""
+        return self.call_at(trio.current_time() + delay, callback)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve timers until cancelled."""
+        task_status.started()
+        heap = self._heap
+        while True:
+            deadline = heap[0][0] if heap else float("inf")
+            with trio.CancelScope(deadline=deadline) as scope:
+                self._wakeup = scope
+                await trio.sleep_forever()
+            self._wakeup = None
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                _, _, handle = heapq.heappop(heap)
+                if handle.cancelled:
+                    continue
+                handle.cancelled = True
+                try:
+                    handle.callback()
+                except Exception:
+                    log.exception("timer callback failed")

@@ -1,0 +1,1 @@
+"""Transport: the front door, Engine.IO/Socket.IO connections and their outboxes."""
