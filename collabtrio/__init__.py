@@ -6,7 +6,8 @@ Embed it::
 
     async def main():
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(collabtrio.serve, collabtrio.Config(port=0, anonymous=True))
+            config = collabtrio.Config(port=0, anonymous=True)
+            server = await nursery.start(collabtrio.serve, config)
             print("listening on", server.port)
 """
 

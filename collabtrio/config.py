@@ -48,7 +48,7 @@ class Config:
         "Accept connections without a token as anonymous users (local use only).",
         group="auth",
     )
-    default_role: Role = _f(
+    default_role: Role = _f(  # noqa: RUF009 (_f returns a dataclass field)
         "write", "Role for rooms the token and grants say nothing about.", group="auth"
     )
     token_refresh_grace_s: float = _f(

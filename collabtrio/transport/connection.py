@@ -404,7 +404,8 @@ class Connection:
         try:
             await self.app.on_connect(self, packet.data)
         except CollabError as err:
-            payload = {"message": err.message, "data": {"code": str(err.code), "message": err.message}}
+            data = {"code": str(err.code), "message": err.message}
+            payload = {"message": err.message, "data": data}
             self.outbox.push(wsframe.text_frame("44" + _dumps(payload)))
             return
         self.connected = True
