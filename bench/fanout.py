@@ -69,6 +69,8 @@ class Pinning:
     server: list[str] = field(default_factory=list)  # command prefix, e.g. ["taskset", "-c", "0"]
     loadgen: list[str] = field(default_factory=list)
     description: str = "not pinned"
+    server_cpu: int | None = None
+    loadgen_cpu: int | None = None
 
 
 def choose_pinning(enabled: bool) -> Pinning:
@@ -88,7 +90,25 @@ def choose_pinning(enabled: bool) -> Pinning:
         server=[taskset, "-c", str(server_cpu)],
         loadgen=[taskset, "-c", str(loadgen_cpu)],
         description=f"server on CPU {server_cpu}, loadgen on CPU {loadgen_cpu} (of {len(cpus)})",
+        server_cpu=server_cpu,
+        loadgen_cpu=loadgen_cpu,
     )
+
+
+def percpu_snapshot() -> list[Any]:
+    return list(psutil.cpu_times(percpu=True))
+
+
+def cpu_breakdown(before: list[Any], after: list[Any], cpu: int | None) -> dict[str, float] | None:
+    """How one whole CPU spent a window, in percent (user, system, softirq, idle, ...)."""
+    if cpu is None or cpu >= len(before) or cpu >= len(after):
+        return None
+    b, a = before[cpu], after[cpu]
+    deltas = {name: getattr(a, name) - getattr(b, name) for name in a._fields}
+    total = sum(deltas.values())
+    if total <= 0:
+        return None
+    return {name: round(100.0 * d / total, 1) for name, d in deltas.items() if d > 0}
 
 
 def stop_process(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
@@ -380,10 +400,12 @@ def run_throughput(ctx: Ctx, server: Server) -> dict[str, Any]:
         assert server.proc is not None
         srv_wait0 = runqueue_wait_seconds(server.proc.pid)
         node_wait0 = runqueue_wait_seconds(lg.proc.pid)
+        cpus0 = percpu_snapshot()
         srv0, node0, t0 = server.cpu_seconds(), lg.cpu_seconds(), time.perf_counter()
         lg.send_line("go")
         result = lg.read(timeout=a.timeout + 30)
         srv1, node1, t1 = server.cpu_seconds(), lg.cpu_seconds(), time.perf_counter()
+        cpus1 = percpu_snapshot()
         srv_wait1 = runqueue_wait_seconds(server.proc.pid)
         node_wait1 = runqueue_wait_seconds(lg.proc.pid)
         lg.finish()
@@ -402,6 +424,8 @@ def run_throughput(ctx: Ctx, server: Server) -> dict[str, Any]:
             "server_cpu_us_per_delivery": (1e6 * srv_cpu / delivered) if delivered else None,
         }
     )
+    result["server_cpu_breakdown_pct"] = cpu_breakdown(cpus0, cpus1, ctx.pin.server_cpu)
+    result["loadgen_cpu_breakdown_pct"] = cpu_breakdown(cpus0, cpus1, ctx.pin.loadgen_cpu)
     if srv_wait0 is not None and srv_wait1 is not None:
         result["server_runqueue_wait_pct"] = 100.0 * (srv_wait1 - srv_wait0) / wall
     if node_wait0 is not None and node_wait1 is not None:
