@@ -32,7 +32,6 @@ import trio
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
-    open_websocket_url,
     wrap_client_stream,
 )
 
@@ -67,6 +66,7 @@ class Client:
         self.sid: str | None = None
         self.engine: dict[str, Any] = {}
         self.disconnect_reason: str | None = None
+        self.close_code: int | None = None
         self._acks: dict[int, tuple[trio.Event, list[Any]]] = {}
         self._ack_ids = itertools.count()
         self._events_in, self._events_out = trio.open_memory_channel[tuple[str, Any]](math.inf)
@@ -170,6 +170,7 @@ class Client:
                     message = await self.ws.get_message()
                 except ConnectionClosed as exc:
                     reason = exc.reason
+                    self.close_code = reason.code if reason else None
                     self.disconnect_reason = self.disconnect_reason or (
                         f"closed {reason.code} {reason.reason or ''}".strip()
                         if reason else "transport close"
@@ -245,38 +246,49 @@ async def connect(
     auth_payload = dict(auth or {})
     if token is not None:
         auth_payload["token"] = token
-    async with trio.open_nursery() as nursery:
-        if stream is not None:
+    try:
+        async with trio.open_nursery() as nursery:
+            if stream is None:
+                if url is None:
+                    raise ValueError("connect() needs a url or a stream")
+                parts = urlsplit(url)
+                secure = parts.scheme in ("https", "wss")
+                host = parts.hostname or "127.0.0.1"
+                port = parts.port or (443 if secure else 80)
+                if secure:
+                    stream = await trio.open_ssl_over_tcp_stream(host, port)
+                else:
+                    stream = await trio.open_tcp_stream(host, port)
+                host_header = parts.netloc
+            else:
+                host_header = "collabtrio.test"
             # trio-websocket annotates SocketStream, but any trio Stream works
             ws = await wrap_client_stream(
-                nursery, stream, "collabtrio.test", resource,  # type: ignore[arg-type]
+                nursery, stream, host_header, resource,  # type: ignore[arg-type]
                 extra_headers=extra,
             )
-            cm = None
-        else:
-            if url is None:
-                raise ValueError("connect() needs a url or a stream")
-            parts = urlsplit(url)
-            scheme = "wss" if parts.scheme in ("https", "wss") else "ws"
-            cm = open_websocket_url(f"{scheme}://{parts.netloc}{resource}", extra_headers=extra)
-            ws = await cm.__aenter__()
-        client = Client(ws)
-        try:
-            nursery.start_soon(client._reader)
-            await client._send_packet(
-                socketio.Packet(socketio.PacketType.CONNECT, data=auth_payload or None)
-            )
-            with trio.fail_after(timeout):
-                await client._connected.wait()
-            if client._connect_error is not None:
-                raise client._connect_error
-            if client.sid is None:
-                raise Disconnected(client.disconnect_reason or "closed during connect")
-            yield client
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await ws.aclose()
-            if cm is not None:
+            client = Client(ws)
+            try:
+                nursery.start_soon(client._reader)
+                await client._send_packet(
+                    socketio.Packet(socketio.PacketType.CONNECT, data=auth_payload or None)
+                )
+                with trio.fail_after(timeout):
+                    await client._connected.wait()
+                if client._connect_error is not None:
+                    raise client._connect_error
+                if client.sid is None:
+                    raise Disconnected(client.disconnect_reason or "closed during connect")
+                yield client
+            finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await cm.__aexit__(None, None, None)
-            nursery.cancel_scope.cancel()
+                    await ws.aclose()
+                    # trio-websocket leaves the stream open when the peer went first
+                    await stream.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # the background tasks end quietly on a closed socket, so a group here holds the
+        # one exception of the caller's own block (or of the handshake): raise it as is
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

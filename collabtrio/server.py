@@ -136,7 +136,8 @@ class Server:
                     log.info("shutting down: closing %d connections", len(self.connections))
                     self._accept_scope.cancel()
                     for conn in list(self.connections):
-                        conn.close("server shutdown", 1001)
+                        # no Socket.IO DISCONNECT: stock clients then reconnect by themselves
+                        conn.close("server shutdown", 1001, notify=False)
                     conns.cancel_scope.deadline = trio.current_time() + cfg.shutdown_grace_s
                 root.cancel_scope.cancel()
         finally:

@@ -126,6 +126,9 @@ class Room:
         self.closed = False
         self.cancel_scope = trio.CancelScope()
         self._presence_dirty = False
+        # membership version, and the version each joiner of this batch saw in its ack
+        self._version = 0
+        self._acked_version: dict[Connection, int] = {}
         self._empty_since = trio.current_time()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -150,6 +153,8 @@ class Room:
                 if self._presence_dirty:
                     self._presence_dirty = False
                     self._broadcast_presence()
+                else:
+                    self._acked_version.clear()
                 continue
             if not self.members and not self.mailbox and trio.current_time() >= deadline:
                 log.debug("room %s idle for %ss: closing", self.id, idle_s)
@@ -215,7 +220,7 @@ class Room:
             member = Member(conn, cmd.role, now, now)
             self.members[conn] = member
             conn.rooms[self.id] = self
-            self._presence_dirty = True
+            self._membership_changed()
         else:
             member.role = cmd.role
             member.last_activity = now
@@ -230,6 +235,7 @@ class Room:
             "chat": [],
             "recovered": False,
         }
+        self._acked_version[conn] = self._version
         if cmd.at_connect:
             conn.emit("joined", reply)
         elif cmd.ack_id is not None:
@@ -238,7 +244,7 @@ class Room:
     def _leave(self, cmd: Leave) -> None:
         conn = cmd.conn
         if self.members.pop(conn, None) is not None:
-            self._presence_dirty = True
+            self._membership_changed()
             if conn.rooms.get(self.id) is self:
                 del conn.rooms[self.id]
             if not self.members:
@@ -297,9 +303,17 @@ class Room:
             "connections": len(users),
         }
 
+    def _membership_changed(self) -> None:
+        self._version += 1
+        self._presence_dirty = True
+
     def _broadcast_presence(self) -> None:
+        """Once per batch: to every member whose join ack did not already show it."""
+        acked, self._acked_version = self._acked_version, {}
         if not self.members:
             return
         frames = event_frames("presence", self.presence())
+        version = self._version
         for conn in self.members:
-            conn.send_frames(frames)
+            if acked.get(conn) != version:
+                conn.send_frames(frames)
