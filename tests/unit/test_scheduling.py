@@ -1,0 +1,103 @@
+"""Timers, the room mailbox and the outbox bound, in isolation (mock clock)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from collabtrio.rooms.mailbox import Mailbox
+from collabtrio.timers import Timers
+from collabtrio.transport.outbox import Outbox
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def test_timers_fire_in_order_at_their_time(autojump_clock: trio.testing.MockClock) -> None:
+    timers = Timers()
+    fired: list[tuple[str, float]] = []
+    start = trio.current_time()
+
+    def record(name: str) -> None:
+        fired.append((name, trio.current_time() - start))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(timers.run)
+        timers.call_later(5, lambda: record("b"))
+        timers.call_later(2, lambda: record("a"))
+        cancelled = timers.call_later(3, lambda: record("never"))
+        cancelled.cancel()
+        await trio.sleep(1)
+        # a timer added later but due sooner wakes the timer task early
+        timers.call_later(0.5, lambda: record("c"))
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert fired == [("c", pytest.approx(1.5)), ("a", pytest.approx(2)), ("b", pytest.approx(5))]
+
+
+async def test_a_failing_timer_does_not_stop_the_others(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    timers = Timers()
+    fired: list[int] = []
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(timers.run)
+        timers.call_later(1, boom)
+        timers.call_later(2, lambda: fired.append(2))
+        await trio.sleep(3)
+        nursery.cancel_scope.cancel()
+    assert fired == [2]
+    assert "timer callback failed" in caplog.text
+
+
+async def test_mailbox_bound_applies_to_put_but_not_put_nowait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    box: Mailbox[int] = Mailbox(bound=2)
+    await box.put(1)
+    await box.put(2)
+    box.put_nowait(3)  # departures always get in
+    assert len(box) == 3
+    done = trio.Event()
+
+    async def producer() -> None:
+        await box.put(4)
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(producer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not done.is_set()  # waiting for room
+        assert await box.get_batch() == [1, 2, 3]
+        await done.wait()
+        assert await box.get_batch() == [4]
+
+
+async def test_mailbox_get_batch_times_out_empty(autojump_clock: trio.testing.MockClock) -> None:
+    box: Mailbox[int] = Mailbox(bound=2)
+    start = trio.current_time()
+    assert await box.get_batch(deadline=start + 7) == []
+    assert trio.current_time() - start == pytest.approx(7)
+
+
+def test_outbox_drops_volatile_first_then_refuses() -> None:
+    box = Outbox(max_bytes=100)
+    assert box.push(b"v" * 40, volatile=True)
+    assert box.push(b"n" * 40)
+    # does not fit: the queued volatile frame is dropped to make room
+    assert box.push(b"m" * 40)
+    assert box.dropped_volatile == 1
+    assert box.queued_bytes == 80
+    # a volatile frame that does not fit is dropped, not an error
+    assert box.push(b"w" * 40, volatile=True)
+    assert box.dropped_volatile == 2
+    # a non-volatile frame that does not fit is refused: the caller disconnects
+    assert not box.push(b"x" * 40)
+    assert box.queued_bytes == 80
