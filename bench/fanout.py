@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped, unused-ignore]
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -187,8 +187,9 @@ class Server:
                     f"{self.target}: server exited with code {self.proc.returncode} before "
                     f"accepting connections:\n{tail(self.log_path)}"
                 )
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
             ):
                 return
             if time.monotonic() > deadline:
@@ -315,6 +316,7 @@ class Ctx:
     node: str
     pin: Pinning
     workdir: Path
+    stamp: str
     live: list[Loadgen] = field(default_factory=list)
 
     @contextlib.contextmanager
@@ -342,7 +344,8 @@ def settle_rss(server: Server, seconds: float) -> int:
 
 
 def run_warmup(ctx: Ctx, server: Server) -> None:
-    with ctx.loadgen(server.target, server.port, "idle", "--connections", "1", "--rooms", "1") as lg:
+    warmup = ("--connections", "1", "--rooms", "1")
+    with ctx.loadgen(server.target, server.port, "idle", *warmup) as lg:
         lg.read(timeout=30)  # ready
         lg.close_stdin()
         lg.read(timeout=15)  # result
@@ -435,14 +438,22 @@ def run_throughput(ctx: Ctx, server: Server) -> dict[str, Any]:
 
 def run_latency(ctx: Ctx, server: Server) -> dict[str, Any]:
     a = ctx.args
+    extra: list[str] = []
+    trace = RESULTS / f"fanout-{ctx.stamp}-{server.target}-latency.csv"
+    if a.latency_trace:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        extra = ["--latency-trace", str(trace)]
     with ctx.loadgen(
         server.target, server.port, "latency",
         "--subscribers", str(a.subscribers), "--rate", str(a.latency_rate),
         "--duration", str(a.latency_duration), "--payload-bytes", str(a.payload_bytes),
+        *extra,
     ) as lg:  # fmt: skip
         result = lg.read(timeout=120 + a.latency_duration)
         lg.finish()
     server.check_alive()
+    if a.latency_trace:
+        result["trace_csv"] = str(trace)
     return result
 
 
@@ -607,7 +618,8 @@ def render_table(results: dict[str, dict[str, Any]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []
     for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        values = zip(row[1:], widths[1:], strict=True)
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in values]
         lines.append("  ".join(cells))
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -649,6 +661,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=60.0, help="throughput run time limit, s")
     p.add_argument("--latency-rate", type=int, default=100, help="latency test events/s")
     p.add_argument("--latency-duration", type=float, default=10.0, help="latency test length, s")
+    p.add_argument(
+        "--latency-trace",
+        action="store_true",
+        help="also write per-event worst latency CSVs next to the results (stall hunting)",
+    )
     p.add_argument("--idle-connections", type=int, default=1000)
     p.add_argument("--idle-rooms", type=int, default=100)
     p.add_argument("--idle-settle", type=float, default=2.0, help="s before sampling idle RSS")
@@ -688,10 +705,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     pin = choose_pinning(not args.no_pin)
     targets = [args.only] if args.only else list(TARGETS)
     started = dt.datetime.now(dt.UTC)
+    stamp = started.strftime("%Y%m%d-%H%M%S")
     step(f"pinning: {pin.description}")
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="collabtrio-fanout-") as tmp:
-        ctx = Ctx(args=args, node=args.node, pin=pin, workdir=Path(tmp))
+        ctx = Ctx(args=args, node=args.node, pin=pin, workdir=Path(tmp), stamp=stamp)
         try:
             for target in targets:
                 results[target] = run_target(ctx, target)
@@ -725,7 +743,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": results,
         "ratios_collabtrio_over_floor": ratios,
     }
-    out_path = args.output or RESULTS / f"fanout-{started.strftime('%Y%m%d-%H%M%S')}.json"
+    out_path = args.output or RESULTS / f"fanout-{stamp}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -12,6 +12,9 @@
 //   idle        C connections over R rooms, all joined; prints {"phase":"ready",...} and holds
 //               them until stdin closes or SIGINT/SIGTERM, then prints the result line.
 //
+// --latency-trace FILE (latency mode) writes one CSV line per event: seq, when it was sent and
+// its slowest delivery, to look for periodic stalls.
+//
 // With --wait-go (throughput/latency) the generator prints {"phase":"ready"} once every client
 // has joined and waits for a line on stdin before it starts sending, so a driver can snapshot
 // the server's CPU counters at the right moment.
@@ -48,6 +51,7 @@ function parseArgs(argv) {
     connectConcurrency: 50,
     connectTimeout: 20,
     waitGo: false,
+    latencyTrace: "",
   };
   const numeric = new Set([
     "subscribers", "events", "payloadBytes", "rate", "duration", "connections", "rooms",
@@ -348,6 +352,10 @@ async function latency(opts) {
   const subscribers = clients.slice(0, N);
 
   const samples = new Float64Array(total * N);
+  // Per event: when it was sent (ms after the first send) and its slowest delivery, for
+  // --latency-trace (spotting periodic stalls).
+  const sentAt = new Float64Array(total);
+  const worst = new Float64Array(total);
   let delivered = 0;
   let echoes = 0;
   let disconnects = 0;
@@ -356,7 +364,9 @@ async function latency(opts) {
   subscribers.forEach((client) => {
     client.onTick = (data) => {
       const now = performance.now();
-      if (delivered < samples.length) samples[delivered] = now - data.t;
+      const ms = now - data.t;
+      if (delivered < samples.length) samples[delivered] = ms;
+      if (data.seq < total && ms > worst[data.seq]) worst[data.seq] = ms;
       delivered++;
       if (delivered === samples.length) resolveDone("complete");
     };
@@ -375,7 +385,10 @@ async function latency(opts) {
   await new Promise((resolve) => {
     const tick = () => {
       const now = performance.now();
-      while (sent < total && start + sent * intervalMs <= now) publisher.publish(makePayload(sent++));
+      while (sent < total && start + sent * intervalMs <= now) {
+        sentAt[sent] = performance.now() - start;
+        publisher.publish(makePayload(sent++));
+      }
       if (sent >= total) return resolve();
       setTimeout(tick, Math.max(0, start + sent * intervalMs - performance.now()));
     };
@@ -389,6 +402,11 @@ async function latency(opts) {
   ]);
   clearTimeout(timer);
 
+  if (opts.latencyTrace) {
+    const lines = ["seq,sent_ms,worst_latency_ms"];
+    for (let i = 0; i < sent; i++) lines.push(`${i},${sentAt[i].toFixed(3)},${worst[i].toFixed(3)}`);
+    require("node:fs").writeFileSync(opts.latencyTrace, lines.join("\n") + "\n");
+  }
   const n = Math.min(delivered, samples.length);
   const sorted = samples.slice(0, n).sort();
   const result = {

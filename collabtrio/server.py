@@ -9,8 +9,7 @@ Task tree (each line a nursery or a long-lived task)::
      └─ connections nursery
           ├─ accept loop              trio.serve_listeners
           └─ one task per client      h11 head → HTTP route | WebSocket session
-               ├─ trio-websocket reader task
-               └─ outbox writer task
+               └─ outbox writer task     (the client's task itself reads)
 
 Graceful shutdown (:meth:`Server.shutdown`, SIGINT/SIGTERM in the CLI): stop
 accepting, disconnect every client with WebSocket close code 1001, give connections
@@ -19,7 +18,7 @@ return. Cancelling the scope around :func:`serve` instead tears everything down 
 once; either way no task or socket is left behind.
 
 Error handling: an exception in one client's task is logged and ends that client
-only; trio-websocket would otherwise let it cancel the whole server.
+only; it never reaches the connections nursery, so it cannot cancel the server.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-from trio_websocket import WebSocketConnection, wrap_server_stream
 
 from . import handlers
 from .auth import Authenticator, check_room_id
@@ -44,13 +42,12 @@ from .storage.base import Store
 from .timers import Timers
 from .transport.connection import Connection
 from .transport.frontdoor import HttpRequest, HttpResponse, first, handle_stream
+from .transport.outbox import Outbox
+from .transport.websocket import HandshakeError, ServerWebSocket
 
 log = logging.getLogger(__name__)
 
 SOCKETIO_PATH = "/socket.io/"
-HANDSHAKE_TIMEOUT_S = 10.0
-WS_MESSAGE_QUEUE = 8
-WS_RECEIVE_BYTES = 65536
 
 
 def _json(status: int, body: Any) -> HttpResponse:
@@ -165,40 +162,23 @@ class Server:
 
     # -- WebSocket sessions --------------------------------------------------------------
 
-    async def _on_websocket(self, stream: trio.abc.Stream, request: HttpRequest) -> None:
-        if request.path.rstrip("/") != SOCKETIO_PATH.rstrip("/"):
-            await self._reject(stream, 404, "not found")
-            return
-        if first(request.query, "EIO") != "4":
-            await self._reject(stream, 400, "unsupported Engine.IO version (EIO=4 required)")
-            return
-        if first(request.query, "transport") != "websocket" or first(request.query, "sid"):
-            await self._reject(stream, 400, "only the websocket transport is supported")
-            return
-        if len(self.connections) >= self.config.max_connections:
-            await self._reject(stream, 503, "server full")
-            return
-        try:
-            async with trio.open_nursery() as nursery:
-                with trio.fail_after(HANDSHAKE_TIMEOUT_S):
-                    ws_request = await wrap_server_stream(
-                        nursery,
-                        stream,
-                        message_queue_size=WS_MESSAGE_QUEUE,
-                        max_message_size=self.config.max_payload,
-                        receive_buffer_size=WS_RECEIVE_BYTES,
-                    )
-                    ws = await ws_request.accept()
-                await self._session(nursery, ws, request)
-                nursery.cancel_scope.cancel()
-        except trio.TooSlowError:
-            pass
-        except Exception:
-            log.exception("WebSocket session failed")
-
-    async def _session(
-        self, nursery: trio.Nursery, ws: WebSocketConnection, request: HttpRequest
+    async def _on_websocket(
+        self, stream: trio.abc.Stream, request: HttpRequest, raw: bytes
     ) -> None:
+        cfg = self.config
+        ws = ServerWebSocket(stream, Outbox(cfg.outbox_max_bytes),
+                             max_message_size=cfg.max_payload)
+        try:
+            ws.start_handshake(raw)
+        except HandshakeError as exc:
+            await self._reject(stream, 400, f"bad WebSocket handshake: {exc}")
+            return
+        problem = self._check_upgrade(request)
+        if problem is not None:
+            status, message = problem
+            await ws.reject(status, json.dumps({"code": 3, "message": message}).encode())
+            return
+        await ws.accept()
         conn = Connection(
             self, ws, headers=request.headers, query=request.query, remote=request.remote
         )
@@ -208,18 +188,34 @@ class Server:
 
         async def writer() -> None:
             try:
-                await conn.outbox.run_writer(ws)
+                await ws.outbox.run_writer(stream)
             finally:
                 writer_done.set()
 
-        nursery.start_soon(writer)
         try:
-            await conn.run()
-        finally:
-            self.connections.discard(conn)
-            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                await writer_done.wait()
-                await conn.drain_and_close()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                try:
+                    await conn.run()
+                finally:
+                    self.connections.discard(conn)
+                    # let the writer flush the last frames (close frame included)
+                    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                        await writer_done.wait()
+                    nursery.cancel_scope.cancel()
+        except Exception:
+            log.exception("WebSocket session failed")
+
+    def _check_upgrade(self, request: HttpRequest) -> tuple[int, str] | None:
+        if request.path.rstrip("/") != SOCKETIO_PATH.rstrip("/"):
+            return 404, "not found"
+        if first(request.query, "EIO") != "4":
+            return 400, "unsupported Engine.IO version (EIO=4 required)"
+        if first(request.query, "transport") != "websocket" or first(request.query, "sid"):
+            return 400, "only the websocket transport is supported"
+        if len(self.connections) >= self.config.max_connections:
+            return 503, "server full"
+        return None
 
     async def _reject(self, stream: trio.abc.Stream, status: int, message: str) -> None:
         body = json.dumps({"code": 3, "message": message}).encode()

@@ -24,13 +24,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from ..config import Config
 from ..errors import CollabError, ErrorCode
 from ..protocol import engineio, socketio, wsframe
 from ..timers import TimerHandle, Timers
-from .outbox import Outbox
+from .websocket import ServerWebSocket, WebSocketClosed
 
 if TYPE_CHECKING:
     from ..auth import Identity
@@ -131,7 +130,7 @@ class Connection:
     def __init__(
         self,
         app: App,
-        ws: WebSocketConnection,
+        ws: ServerWebSocket,
         *,
         headers: dict[str, str],
         query: dict[str, list[str]],
@@ -149,11 +148,10 @@ class Connection:
         self.connected = False
         self.rooms: dict[str, Room] = {}
         self.pending_joins = 0
-        self.outbox = Outbox(cfg.outbox_max_bytes)
+        self.outbox = ws.outbox
         self.bucket = TokenBucket(cfg.rate_limit_per_s, cfg.rate_limit_burst)
         self.decoder = socketio.Decoder(max_attachments=cfg.max_attachments)
         self.close_reason: str | None = None
-        self._close_code = 1000
         self._cancel: trio.CancelScope | None = None
         self._ping_sent_at = 0.0
         self._pong_at = 0.0
@@ -209,9 +207,9 @@ class Connection:
         if self.close_reason is not None:
             return
         self.close_reason = reason
-        self._close_code = code
         if notify and self.connected:
             self.outbox.push(wsframe.text_frame("41"))
+        self.ws.close(code, reason)
         if self._cancel is not None:
             self._cancel.cancel()
 
@@ -261,9 +259,9 @@ class Connection:
     async def run(self) -> None:
         """Serve this client until it leaves, breaks the protocol or is closed.
 
-        Resource handling: the writer task and trio-websocket's reader live in the
-        nursery of the caller of this method (see ``server``); on return the outbox is
-        drained (for at most a second) and the WebSocket closed.
+        Resource handling: the writer task lives in the caller's nursery (see
+        ``server``); on return a close frame is queued and the outbox closed, and the
+        caller gives the writer a moment to drain before closing the stream.
         """
         cfg = self.app.config
         self.outbox.push(
@@ -284,11 +282,16 @@ class Connection:
                     self._cancel.cancel()
                 while True:
                     try:
-                        message = await self.ws.get_message()
-                    except ConnectionClosed:
-                        self.close_reason = self.close_reason or "transport close"
+                        batch = await self.ws.receive_batch()
+                    except WebSocketClosed as exc:
+                        self.close_reason = self.close_reason or f"transport close ({exc.code})"
                         return
-                    await self._on_message(message)
+                    # the whole batch is handled before the next read, so a burst
+                    # reaches the rooms (and each member's writer) as one batch
+                    for message in batch:
+                        await self._on_message(message)
+                        if self.close_reason is not None:
+                            return
         finally:
             self._finish()
 
@@ -299,17 +302,13 @@ class Connection:
             self.expiry_timer.cancel()
         self.close_reason = self.close_reason or "server shutdown"
         self.connected = False
+        self.ws.close(1000 if self.ws.closed is None else self.ws.closed.code)
         try:
             self.app.on_close(self)
         finally:
             for fn in self.on_cleanup:
                 fn()
             self.outbox.close()
-
-    async def drain_and_close(self, timeout: float = 1.0) -> None:
-        """Write what is queued, then close the WebSocket (bounded by ``timeout``)."""
-        with trio.move_on_after(timeout):
-            await self.ws.aclose(self._close_code, self.close_reason)
 
     async def _on_message(self, message: str | bytes) -> None:
         if isinstance(message, bytes):

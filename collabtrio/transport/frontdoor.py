@@ -1,9 +1,9 @@
 """The front door: one TCP port for HTTP routes and WebSocket upgrades.
 
 Theory of operation: each accepted stream is read with h11 until the request head is
-complete (bounded in size and time). A WebSocket upgrade is handed on together with a
-:class:`ReplayStream` that gives back the bytes already read, so trio-websocket's own
-handshake parses the same request again. Everything else is an HTTP request answered
+complete (bounded in size and time). A WebSocket upgrade is handed on together with the
+raw bytes read so far, which the WebSocket layer feeds to wsproto (the head, plus any
+frames the client sent right after it). Everything else is an HTTP request answered
 by the ``http_handler`` (one request per connection; the response closes it).
 """
 
@@ -55,38 +55,7 @@ class HttpResponse:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-class ReplayStream(trio.abc.Stream):
-    """A stream that first returns ``prefix`` and then reads from ``inner``."""
-
-    def __init__(self, inner: trio.abc.Stream, prefix: bytes) -> None:
-        self.inner = inner
-        self._prefix = prefix
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Send on the inner stream."""
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        """Delegate to the inner stream."""
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        """The replayed prefix first, then the inner stream's bytes."""
-        if self._prefix:
-            await trio.lowlevel.checkpoint()
-            if max_bytes is None or max_bytes >= len(self._prefix):
-                data, self._prefix = self._prefix, b""
-            else:
-                data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
-            return data
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        """Close the inner stream."""
-        await self.inner.aclose()
-
-
-WebSocketHandler = Callable[[trio.abc.Stream, HttpRequest], Awaitable[None]]
+WebSocketHandler = Callable[[trio.abc.Stream, HttpRequest, bytes], Awaitable[None]]
 HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
 
@@ -203,7 +172,7 @@ async def handle_stream(
             )
             return
         if request.is_websocket_upgrade:
-            await on_websocket(ReplayStream(stream, raw), request)
+            await on_websocket(stream, request, raw)
             return
         body = b""
         if request.method in ("POST", "PUT", "PATCH"):

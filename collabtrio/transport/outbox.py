@@ -14,17 +14,14 @@ makes :meth:`push` return ``False`` and the caller disconnects that client
 (``slow-consumer``). Server memory per connection is therefore bounded by the limit
 plus one batch in flight.
 
-The writer shares the stream with trio-websocket (which answers WebSocket pings and
-performs the close handshake) and takes trio-websocket's stream lock around each
-write so frames never interleave. That lock and the stream are private attributes of
-``trio_websocket.WebSocketConnection``; the dependency is pinned to the minor version
-this was checked against.
+Every byte written to the socket after the handshake goes through the outbox (pongs
+and close frames included), so the writer task owns the stream for writing and no lock
+is needed.
 """
 
 from __future__ import annotations
 
 import trio
-from trio_websocket import WebSocketConnection
 
 
 class Outbox:
@@ -104,13 +101,11 @@ class Outbox:
         self.closed = True
         self._lot.unpark()
 
-    async def run_writer(self, ws: WebSocketConnection) -> None:
+    async def run_writer(self, stream: trio.abc.SendStream) -> None:
         """Write queued frames until closed and drained, or the socket breaks.
 
         Returns normally in both cases; a broken socket is noticed by the reader.
         """
-        stream = ws._stream
-        lock = ws._stream_lock
         while True:
             frames = self._frames
             if not frames:
@@ -124,8 +119,7 @@ class Outbox:
             self._volatile_at.clear()
             self._bytes = 0
             try:
-                async with lock:
-                    await stream.send_all(data)
+                await stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.closed = True
                 return
