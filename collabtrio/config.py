@@ -29,10 +29,10 @@ class Config:
     """
 
     host: str = _f("127.0.0.1", "Interface to listen on.")
-    port: int = _f(8765, "TCP port for Socket.IO, HTTP and y-websocket (0 picks a free one).")
+    port: int = _f(8765, "TCP port for Socket.IO and HTTP (0 picks a free one).")
     db: str = _f(
         "sqlite:///./collabtrio.db",
-        "Storage URL: sqlite:///path/to/file.db or postgresql://user@host/dbname.",
+        "Storage URL: sqlite:///path/to/file.db (memory:// keeps nothing).",
         group="storage",
     )
     auth_secret: str | None = _f(
@@ -95,7 +95,7 @@ class Config:
     )
     room_idle_s: float = _f(30.0, "A room with no members closes after this many seconds.")
     shutdown_grace_s: float = _f(
-        2.0, "On SIGINT/SIGTERM, seconds allowed for rooms to flush and sockets to close."
+        2.0, "On SIGINT/SIGTERM, seconds connections get to close before they are cancelled."
     )
     log_level: str = _f("info", "Logging level: debug, info, warning, error.")
 

@@ -77,7 +77,15 @@ _MAX_COUNT_DIGITS: Final = 10
 
 
 class SocketIOProtocolError(ValueError):
-    """The peer sent a malformed Socket.IO packet (or frames in a bad order)."""
+    """The peer sent a malformed Socket.IO packet (or frames in a bad order).
+
+    ``ack_id`` is the packet's ack id when it could be read before the problem was
+    found, so the error can still be answered as that event's ack.
+    """
+
+    def __init__(self, message: str, *, ack_id: int | None = None) -> None:
+        super().__init__(message)
+        self.ack_id = ack_id
 
 
 class TooManyAttachments(SocketIOProtocolError):
@@ -389,13 +397,13 @@ class Decoder:
         if rest:
             try:
                 data = json.loads(rest, parse_constant=_reject_constant)
-            except SocketIOProtocolError:
-                raise
+            except SocketIOProtocolError as exc:
+                raise SocketIOProtocolError(str(exc), ack_id=pid) from None
             except (ValueError, RecursionError) as exc:
-                raise SocketIOProtocolError(f"invalid JSON payload: {exc}") from None
+                raise SocketIOProtocolError(f"invalid JSON payload: {exc}", ack_id=pid) from None
         problem = _data_problem(ptype, data, pid)
         if problem is not None:
-            raise SocketIOProtocolError(problem)
+            raise SocketIOProtocolError(problem, ack_id=pid)
         if ptype in _BINARY_TYPES:
             _check_placeholders(data, count)
         return Packet(ptype, namespace, data, pid), count

@@ -198,7 +198,7 @@ class Room:
 
     def _refuse(self, conn: Connection, ack_id: int | None, at_connect: bool,
                 err: CollabError) -> None:
-        if at_connect:
+        if at_connect or ack_id is None:
             conn.emit("room-error", {"room": self.id, "ok": False, "error": err.to_wire()})
         else:
             conn.reply_error(ack_id, err, "join")
@@ -236,10 +236,11 @@ class Room:
             "recovered": False,
         }
         self._acked_version[conn] = self._version
-        if cmd.at_connect:
-            conn.emit("joined", reply)
-        elif cmd.ack_id is not None:
+        if cmd.ack_id is not None:
             conn.ack(cmd.ack_id, reply)
+        else:
+            # connect-time rooms, and joins sent without an ack, get one `joined` event
+            conn.emit("joined", reply)
 
     def _leave(self, cmd: Leave) -> None:
         conn = cmd.conn

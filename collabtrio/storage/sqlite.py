@@ -149,6 +149,11 @@ def _connect_and_migrate(path: str) -> sqlite3.Connection:
 
 def _migrate(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StorageError(
+            f"the database is at schema version {version}, newer than this collabtrio "
+            f"knows ({len(MIGRATIONS)}); upgrade collabtrio or use a backup"
+        )
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:

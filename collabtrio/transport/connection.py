@@ -228,7 +228,8 @@ class Connection:
                 "retryable": True,
             },
         )
-        self.close("slow-consumer", CLOSE_POLICY)
+        # no Socket.IO DISCONNECT: stock clients reconnect on their own and rejoin
+        self.close("slow-consumer", CLOSE_POLICY, notify=False)
 
     # -- pings ---------------------------------------------------------------------------
 
@@ -347,7 +348,7 @@ class Connection:
             self._protocol_error(str(exc))
             return
         except socketio.SocketIOProtocolError as exc:
-            self._on_bad_packet(str(exc))
+            self._on_bad_packet(str(exc), exc.ack_id)
             return
         if packet is not None:
             await self._on_packet(packet, size)
@@ -357,21 +358,18 @@ class Connection:
         try:
             packet = self.decoder.feed(data)
         except socketio.SocketIOProtocolError as exc:
-            self._on_bad_packet(str(exc))
+            self._on_bad_packet(str(exc), exc.ack_id)
             return
         if packet is not None:
             await self._on_packet(packet, self._binary_size)
 
-    def _on_bad_packet(self, why: str) -> None:
-        # a packet we cannot parse has no trustworthy ack id: answer with an error event
+    def _on_bad_packet(self, why: str, ack_id: int | None = None) -> None:
+        # answered as the event's ack when its id could be read, else as an error event
         if not self.connected:
             self._protocol_error(why)
             return
-        self.emit(
-            "operation-error",
-            {"type": str(ErrorCode.VALIDATION), "message": f"malformed packet: {why}",
-             "event": None, "retryable": False},
-        )
+        err = CollabError(ErrorCode.VALIDATION, f"malformed packet: {why}", retryable=False)
+        self.reply_error(ack_id, err, None)
 
     async def _on_packet(self, packet: socketio.Packet, size: int) -> None:
         ptype = packet.type
@@ -384,7 +382,7 @@ class Connection:
         elif ptype in (socketio.PacketType.ACK, socketio.PacketType.BINARY_ACK):
             pass  # the server asks clients for no acks
         else:
-            self._on_bad_packet(f"clients may not send packet type {int(ptype)}")
+            self._on_bad_packet(f"clients may not send packet type {int(ptype)}", packet.id)
 
     async def _on_connect_packet(self, packet: socketio.Packet) -> None:
         if packet.namespace != "/":
