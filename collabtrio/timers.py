@@ -23,6 +23,10 @@ import trio
 log = logging.getLogger(__name__)
 
 
+def _noop() -> None:
+    pass
+
+
 class TimerHandle:
     """A scheduled callback; :meth:`cancel` stops it from running."""
 
@@ -34,8 +38,13 @@ class TimerHandle:
         self.cancelled = False
 
     def cancel(self) -> None:
-        """Do not run the callback (idempotent)."""
+        """Do not run the callback (idempotent).
+
+        The callback is released at once: a closed connection's pending ping must not
+        keep the connection's objects alive until the entry's time comes.
+        """
         self.cancelled = True
+        self.callback = _noop
 
 
 class Timers:
@@ -81,8 +90,9 @@ class Timers:
                 _, _, handle = heapq.heappop(heap)
                 if handle.cancelled:
                     continue
-                handle.cancelled = True
+                callback = handle.callback
+                handle.cancel()
                 try:
-                    handle.callback()
+                    callback()
                 except Exception:
                     log.exception("timer callback failed")

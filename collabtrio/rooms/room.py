@@ -150,6 +150,9 @@ class Room:
             if batch:
                 for cmd in batch:
                     self._apply(cmd)
+                # drop the commands now: an idle room must not keep the connections of
+                # its last batch (departed members) alive until it wakes again
+                del batch, cmd
                 if self._presence_dirty:
                     self._presence_dirty = False
                     self._broadcast_presence()
