@@ -93,6 +93,33 @@ class Config:
     room_inbox_size: int = _f(
         256, "Commands queued for one room before senders wait (backpressure).", group="limits"
     )
+    sqlite_synchronous: str = _f(
+        "NORMAL",
+        "SQLite PRAGMA synchronous: NORMAL (survives a crash of the process) or FULL "
+        "(also survives power loss; slower commits).",
+        group="storage",
+    )
+    history_limit: int = _f(
+        1000, "Persisted events kept per room for replay with join {since}.", group="documents"
+    )
+    chat_history_limit: int = _f(
+        50, "Chat messages sent in the join ack (older pages: chat-history).", group="documents"
+    )
+    field_debounce_ms: int = _f(
+        25, "Field writes to one path are coalesced until it is quiet this long.",
+        group="documents",
+    )
+    field_max_hold_ms: int = _f(
+        250, "A field write is never held longer than this before it is flushed.",
+        group="documents",
+    )
+    flush_timeout_s: float = _f(
+        5.0, "Deadline for a closing room's final flush to storage.", group="documents"
+    )
+    grants_poll_s: float = _f(
+        2.0, "How often stored role grants are checked for changes (0 disables).",
+        group="auth",
+    )
     room_idle_s: float = _f(30.0, "A room with no members closes after this many seconds.")
     shutdown_grace_s: float = _f(
         2.0, "On SIGINT/SIGTERM, seconds connections get to close before they are cancelled."
@@ -107,6 +134,11 @@ class Config:
                 "COLLABTRIO_AUTH_SECRET), or --jwt-public-key key.pem, or --anonymous "
                 "for local use without tokens"
             )
+        if self.sqlite_synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ValueError("sqlite_synchronous must be NORMAL or FULL")
+        if self.chat_history_limit < 0 or self.grants_poll_s < 0 or self.flush_timeout_s <= 0:
+            raise ValueError("chat_history_limit and grants_poll_s must not be negative, "
+                             "flush_timeout_s must be positive")
         if self.default_role not in ROLES:
             raise ValueError(f"default_role must be one of {', '.join(ROLES)}")
         if not (0 <= self.port <= 65535):
@@ -122,6 +154,9 @@ class Config:
             "max_connections",
             "outbox_max_bytes",
             "room_inbox_size",
+            "history_limit",
+            "field_debounce_ms",
+            "field_max_hold_ms",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 from .auth import check_join_allowed, check_room_id, resolve_role
 from .errors import CollabError, ErrorCode
 from .protocol import messages
+from .rooms.keeper import ChatCmd, FieldCmd, OpCmd, chat_wire
 from .rooms.room import Join, Leave, Relay
+from .storage.base import ChatMessage, StorageError
 
 if TYPE_CHECKING:
     from .server import Server
@@ -28,9 +30,7 @@ Handler = Callable[["Server", "Connection", Any, "int | None"], Awaitable[None]]
 VOLATILE = frozenset({"cursor", "selection", "typing"})
 
 # events of the protocol that this server version does not implement yet
-NOT_YET = frozenset(
-    {"op", "field", "chat", "yjs-update", "yjs-sync", "yjs-awareness"}
-)
+NOT_YET = frozenset({"yjs-update", "yjs-sync", "yjs-awareness"})
 
 
 def _joined_room(conn: Connection, room_id: str, event: str) -> Any:
@@ -65,7 +65,7 @@ async def request_join(
         raise CollabError(
             ErrorCode.FORBIDDEN, f"a connection may be in at most {limit} rooms; leave one first"
         )
-    role = resolve_role(identity, room_id, grants=None, default=server.config.default_role)
+    role = resolve_role(identity, room_id, grants=conn.grants, default=server.config.default_role)
     room = server.registry.get_or_open(room_id)
     conn.pending_joins += 1
     await room.mailbox.put(Join(conn, role, ack_id, since=since, at_connect=at_connect))
@@ -94,6 +94,49 @@ def _relay_handler(event: str) -> Handler:
     return relay
 
 
+async def op(server: Server, conn: Connection, payload: Any, ack_id: int | None) -> None:
+    """``op``: a document operation, persisted then broadcast (the room checks roles)."""
+    msg = messages.parse_payload("op", payload)
+    assert isinstance(msg, messages.OpPayload)
+    room = _joined_room(conn, msg.room, "op")
+    await room.mailbox.put(OpCmd(conn, msg, ack_id))
+
+
+async def field(server: Server, conn: Connection, payload: Any, ack_id: int | None) -> None:
+    """``field``: a debounced write of one value inside an entity."""
+    msg = messages.parse_payload("field", payload)
+    assert isinstance(msg, messages.FieldPayload)
+    room = _joined_room(conn, msg.room, "field")
+    await room.mailbox.put(FieldCmd(conn, msg, ack_id))
+
+
+async def chat(server: Server, conn: Connection, payload: Any, ack_id: int | None) -> None:
+    """``chat``: persisted, then sent to every member, the sender included."""
+    msg = messages.parse_payload("chat", payload)
+    assert isinstance(msg, messages.ChatPayload)
+    room = _joined_room(conn, msg.room, "chat")
+    await room.mailbox.put(ChatCmd(conn, msg, ack_id))
+
+
+async def chat_history(
+    server: Server, conn: Connection, payload: Any, ack_id: int | None
+) -> None:
+    """``chat-history {room, before?, limit?}``: an older page of the room's chat."""
+    msg = messages.parse_payload("chat-history", payload)
+    assert isinstance(msg, messages.ChatHistoryPayload)
+    _joined_room(conn, msg.room, "chat-history")
+    try:
+        page: list[ChatMessage] = await server.store.chat_page(
+            msg.room, before=msg.before, limit=msg.limit
+        )
+    except StorageError as exc:
+        raise CollabError(ErrorCode.STORAGE_UNAVAILABLE, "storage is unavailable; try again",
+                          retryable=True) from exc
+    if ack_id is not None:
+        conn.ack(ack_id, {"ok": True, "room": msg.room,
+                          "messages": [chat_wire(msg.room, m) for m in page]})
+
+
 async def refresh_token(server: Server, conn: Connection, payload: Any, ack_id: int | None) -> None:
     """``refresh-token {token}``: replace an expiring token (same ``sub``)."""
     msg = messages.parse_payload("refresh-token", payload)
@@ -116,6 +159,10 @@ HANDLERS: dict[str, Handler] = {
     "join": join,
     "leave": leave,
     "refresh-token": refresh_token,
+    "op": op,
+    "field": field,
+    "chat": chat,
+    "chat-history": chat_history,
     **{name: _relay_handler(name) for name in ("cursor", "selection", "typing", "broadcast")},
     **{name: not_yet for name in NOT_YET},
 }

@@ -2,20 +2,24 @@
 
 Task tree (each line a nursery or a long-lived task)::
 
-    Server.run                        root nursery
-     ├─ Timers.run                    every ping, pong deadline and token expiry
-     ├─ RoomRegistry.run              one task + nursery per open room
-     ├─ storage                       (opened before, closed after)
-     └─ connections nursery
+    Server.run                        storage opened before, closed after
+     ├─ CommitQueue.run               the one writer: group commit for every room
+     └─ root nursery
+      ├─ Timers.run                   every ping, pong deadline and token expiry
+      ├─ RoomRegistry.run             one nursery per open room: room task + keeper
+      ├─ grants watcher               stored role changes reach connected members
+      └─ connections nursery
           ├─ accept loop              trio.serve_listeners
           └─ one task per client      h11 head → HTTP route | WebSocket session
                └─ outbox writer task     (the client's task itself reads)
 
 Graceful shutdown (:meth:`Server.shutdown`, SIGINT/SIGTERM in the CLI): stop
-accepting, disconnect every client with WebSocket close code 1001, give connections
-``shutdown_grace_s`` to finish, then cancel rooms and timers, close storage and
-return. Cancelling the scope around :func:`serve` instead tears everything down at
-once; either way no task or socket is left behind.
+accepting, flush every room's pending writes (so their confirmations still reach the
+clients), disconnect every client with WebSocket close code 1001, give connections
+``shutdown_grace_s`` to finish, then cancel rooms (each runs a final shielded flush)
+and timers, stop the writer once it has served everyone, close storage and return.
+Cancelling the scope around :func:`serve` instead tears everything down at once (rooms
+still flush, shielded); either way no task or socket is left behind.
 
 Error handling: an exception in one client's task is logged and ends that client
 only; it never reaches the connections nursery, so it cannot cancel the server.
@@ -33,12 +37,14 @@ from typing import Any
 import trio
 
 from . import handlers
-from .auth import Authenticator, check_room_id
+from .auth import Authenticator, check_room_id, resolve_role
 from .config import Config
 from .errors import CollabError, ErrorCode
 from .rooms.registry import RoomRegistry
+from .rooms.room import SetRole
 from .storage import open_store
-from .storage.base import Store
+from .storage.base import StorageError, Store
+from .storage.writer import CommitQueue
 from .timers import Timers
 from .transport.connection import Connection
 from .transport.frontdoor import HttpRequest, HttpResponse, first, handle_stream
@@ -73,8 +79,9 @@ class Server:
         self.wall_clock = wall_clock
         self.auth = Authenticator(config, now=wall_clock)
         self.timers = Timers()
-        self.registry = RoomRegistry(config, wall_ms=lambda: int(wall_clock() * 1000))
-        self.store = store
+        self._store = store
+        self._registry: RoomRegistry | None = None
+        self.commits: CommitQueue | None = None
         self.connections: set[Connection] = set()
         self.port: int | None = None
         self.host = config.host
@@ -84,6 +91,20 @@ class Server:
         self._stopped = trio.Event()
         self.started_at = 0.0
         self.connections_total = 0
+
+    @property
+    def store(self) -> Store:
+        """The open store (available once :meth:`run` has started)."""
+        if self._store is None:
+            raise RuntimeError("the server has not opened its storage yet")
+        return self._store
+
+    @property
+    def registry(self) -> RoomRegistry:
+        """The open rooms (available once :meth:`run` has started)."""
+        if self._registry is None:
+            raise RuntimeError("the server is not running")
+        return self._registry
 
     @property
     def url(self) -> str:
@@ -112,35 +133,87 @@ class Server:
         :meth:`connect_stream` (the in-memory testing harness).
         """
         cfg = self.config
-        if self.store is None:
-            self.store = await open_store(cfg.db)
+        owns_store = self._store is None
+        if self._store is None:
+            self._store = await open_store(cfg.db, sqlite_synchronous=cfg.sqlite_synchronous)
+        store = self._store
+        self.commits = CommitQueue(store)
+        self._registry = RoomRegistry(cfg, store, self.commits, wall_clock=self.wall_clock)
         try:
-            async with trio.open_nursery() as root:
-                await root.start(self.timers.run)
-                await root.start(self.registry.run)
-                listeners: list[trio.SocketListener] = []
-                if listen:
-                    listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
-                    self.port = listeners[0].socket.getsockname()[1]
-                async with trio.open_nursery() as conns:
-                    self._conn_nursery = conns
-                    if listeners:
-                        conns.start_soon(self._accept, listeners, conns)
-                    self.started_at = trio.current_time()
-                    log.info("collabtrio listening on %s", self.url if listen else "memory")
-                    task_status.started(self)
-                    await self._shutdown.wait()
-                    log.info("shutting down: closing %d connections", len(self.connections))
-                    self._accept_scope.cancel()
-                    for conn in list(self.connections):
-                        # no Socket.IO DISCONNECT: stock clients then reconnect by themselves
-                        conn.close("server shutdown", 1001, notify=False)
-                    conns.cancel_scope.deadline = trio.current_time() + cfg.shutdown_grace_s
-                root.cancel_scope.cancel()
+            async with trio.open_nursery() as writer:
+                await writer.start(self.commits.run)
+                async with trio.open_nursery() as root:
+                    await root.start(self.timers.run)
+                    await root.start(self.registry.run)
+                    root.start_soon(self._watch_grants)
+                    listeners: list[trio.SocketListener] = []
+                    if listen:
+                        listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
+                        self.port = listeners[0].socket.getsockname()[1]
+                    async with trio.open_nursery() as conns:
+                        self._conn_nursery = conns
+                        if listeners:
+                            conns.start_soon(self._accept, listeners, conns)
+                        self.started_at = trio.current_time()
+                        log.info("collabtrio listening on %s", self.url if listen else "memory")
+                        task_status.started(self)
+                        await self._shutdown.wait()
+                        await self._drain(conns)
+                    root.cancel_scope.cancel()
+                writer.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True):
-                await self.store.close()
+            if owns_store:  # a store passed in belongs to the caller
+                with trio.CancelScope(shield=True):
+                    await store.close()
             self._stopped.set()
+
+    async def _drain(self, conns: trio.Nursery) -> None:
+        cfg = self.config
+        log.info("shutting down: flushing rooms, closing %d connections", len(self.connections))
+        self._accept_scope.cancel()
+        with trio.move_on_after(cfg.flush_timeout_s):
+            await self.registry.flush_all()
+        for conn in list(self.connections):
+            # no Socket.IO DISCONNECT: stock clients then reconnect by themselves
+            conn.close("server shutdown", 1001, notify=False)
+        conns.cancel_scope.deadline = trio.current_time() + cfg.shutdown_grace_s
+
+    async def _watch_grants(self) -> None:
+        """Poll the stored grants; on a change, re-resolve connected members' roles."""
+        interval = self.config.grants_poll_s
+        if interval <= 0:
+            return
+        last: int | None = None
+        while True:
+            version: int | None
+            try:
+                version = await self.store.grants_version()
+            except StorageError:
+                version = last
+            if last is not None and version != last:
+                await self.refresh_roles()
+            last = version
+            await trio.sleep(interval)
+
+    async def refresh_roles(self) -> None:
+        """Reload every connected user's grants and tell rooms about changed roles."""
+        cache: dict[str, dict[str, Any]] = {}
+        for conn in list(self.connections):
+            identity = conn.identity
+            if identity is None:
+                continue
+            grants = cache.get(identity.user_id)
+            if grants is None:
+                try:
+                    grants = await self.store.grants_for(identity.user_id)
+                except StorageError:
+                    return
+                cache[identity.user_id] = grants
+            conn.grants = grants
+            for room_id, room in list(conn.rooms.items()):
+                role = resolve_role(identity, room_id, grants=grants,
+                                    default=self.config.default_role)
+                room.mailbox.put_nowait(SetRole(conn, role))
 
     async def _accept(self, listeners: list[trio.SocketListener], conns: trio.Nursery) -> None:
         with self._accept_scope:
@@ -249,6 +322,11 @@ class Server:
         if token is not None and not isinstance(token, str):
             raise CollabError(ErrorCode.INVALID_TOKEN, "token must be a string")
         conn.identity = self.auth.authenticate(token or None)
+        try:
+            conn.grants = await self.store.grants_for(conn.identity.user_id)
+        except StorageError as exc:
+            # roles then come from the token and the default until the next poll
+            log.warning("cannot load grants for %s: %s", conn.identity.user_id, exc)
         self.registry.add_user_connection(conn)
         self.schedule_token_expiry(conn)
 
@@ -321,7 +399,6 @@ class Server:
     async def _on_http(self, request: HttpRequest) -> HttpResponse:
         path = request.path
         if path == "/healthz" and request.method in ("GET", "HEAD"):
-            assert self.store is not None
             try:
                 await self.store.ping()
             except Exception as exc:

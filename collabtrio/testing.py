@@ -42,6 +42,7 @@ from .auth import mint_token
 from .client import Client, connect
 from .config import Config
 from .server import Server
+from .storage.base import Store
 from .storage.memory import MemoryStore
 
 TEST_SECRET = "collabtrio-testing-secret-0123456789abcdef"
@@ -106,13 +107,15 @@ class TestServer:
 
 @asynccontextmanager
 async def open_test_server(
-    config: Config | None = None, **overrides: Any
+    config: Config | None = None, *, store: Store | None = None, **overrides: Any
 ) -> AsyncIterator[TestServer]:
     """Run a server in-process for the body of the ``async with``.
 
     The default config uses an HS256 test secret and in-memory storage; keyword
-    arguments override any :class:`~collabtrio.config.Config` field. On exit the
-    server is cancelled and every task and stream it had is closed.
+    arguments override any :class:`~collabtrio.config.Config` field. Pass the same
+    ``store`` to two servers in turn to test what survives a restart. On exit the
+    server is cancelled (rooms flush what is pending) and every task and stream it
+    had is closed; a ``store`` you passed is left open.
     """
     base = config or Config(auth_secret=TEST_SECRET, db="memory://", port=0)
     if overrides:
@@ -123,7 +126,8 @@ async def open_test_server(
     def wall_clock() -> float:
         return wall_base + (trio.current_time() - trio_base)
 
-    store = MemoryStore() if base.db.startswith("memory://") else None
+    if store is None and base.db.startswith("memory://"):
+        store = MemoryStore()
     server = Server(base, store=store, wall_clock=wall_clock)
     async with trio.open_nursery() as nursery:
         await nursery.start(lambda task_status: server.run(listen=False, task_status=task_status))

@@ -167,6 +167,14 @@ class ChatPayload(RoomPayload):
     client_id: OperationId | None = Field(default=None, alias="clientId")
 
 
+class ChatHistoryPayload(RoomPayload):
+    """``chat-history {room, before?, limit?}``: messages with ``seq < before`` (the
+    newest ``limit``, 1-100, default 50)."""
+
+    before: Annotated[StrictInt, Field(ge=0)] | None = None
+    limit: Annotated[StrictInt, Field(ge=1, le=100)] = 50
+
+
 class YjsUpdatePayload(RoomPayload):
     """``yjs-update {room, update}``: a non-empty Yjs update as bytes."""
 
@@ -201,6 +209,7 @@ EVENT_MODELS: Final[dict[str, type[Payload]]] = {
     "typing": TypingPayload,
     "broadcast": BroadcastPayload,
     "chat": ChatPayload,
+    "chat-history": ChatHistoryPayload,
     "yjs-update": YjsUpdatePayload,
     "yjs-sync": YjsSyncPayload,
     "yjs-awareness": YjsAwarenessPayload,

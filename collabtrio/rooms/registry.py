@@ -16,15 +16,12 @@ from typing import Any
 import trio
 
 from ..config import Config
+from ..storage.base import Store
+from ..storage.writer import CommitQueue
 from ..transport.connection import Connection, event_frames
 from .room import Publish, Room
 
 PERSONAL_PREFIX = "user:"
-
-
-def wall_ms() -> int:
-    """Milliseconds since the epoch (for timestamps clients see)."""
-    return int(time.time() * 1000)
 
 
 class RoomRegistry:
@@ -34,9 +31,18 @@ class RoomRegistry:
     tears every room down.
     """
 
-    def __init__(self, config: Config, *, wall_ms: Callable[[], int] = wall_ms) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        commits: CommitQueue,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
-        self.wall_ms = wall_ms
+        self.store = store
+        self.commits = commits
+        self.wall_clock = wall_clock
         self.rooms: dict[str, Room] = {}
         self.users: dict[str, set[Connection]] = {}
         self._nursery: trio.Nursery | None = None
@@ -48,6 +54,17 @@ class RoomRegistry:
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
+
+    def wall_ms(self) -> int:
+        """Milliseconds since the epoch, from the server's wall clock."""
+        return int(self.wall_clock() * 1000)
+
+    async def flush_all(self) -> None:
+        """Commit every room's pending field writes and queued operations now."""
+        async with trio.open_nursery() as nursery:
+            for room in list(self.rooms.values()):
+                if room.keeper is not None and not room.keeper.idle:
+                    nursery.start_soon(room.keeper.flush)
 
     def get(self, room_id: str) -> Room | None:
         """The open room with this id, if any."""

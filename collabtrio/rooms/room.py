@@ -8,11 +8,20 @@ answers each command itself (ack, error or event) by queueing pre-encoded frames
 the members' outboxes; it never awaits a client's socket. A broadcast is encoded once
 and the same frame bytes go to every member.
 
+Two tasks share the room's nursery: the room task (membership, presence, relays) and
+the :class:`~collabtrio.rooms.keeper.DocumentKeeper` (the document, seq, history and
+chat, persisted before they are broadcast). Each owns its state; the room task checks
+membership and roles and hands document commands over.
+
 Lifecycle: the registry creates the room and inserts it before its task starts, so
-concurrent joins find the same room. With no members for ``room_idle_s`` the room
-removes itself from the registry (synchronously, after checking that its mailbox is
+concurrent joins find the same room. The room first loads its document from storage
+(joins wait in the mailbox); if that fails they are refused with
+``STORAGE_UNAVAILABLE`` and the room closes, so the next join tries again. With no
+members for ``room_idle_s`` (and nothing left to write) the room removes itself from
+the registry (synchronously, after checking that its mailbox is
 empty) and its nursery exits. Cancelling the room's scope tears it down the same way:
-every member forgets the room.
+every member forgets the room. However the room ends, the keeper's final flush runs
+shielded, with a deadline, so what was written is committed.
 
 Invariants: ``conn.rooms[room.id] is room`` exactly when ``conn`` is in ``members``;
 presence is broadcast once per batch in which membership changed.
@@ -28,7 +37,9 @@ import trio
 
 from ..config import Role
 from ..errors import CollabError, ErrorCode
+from ..storage.base import StorageError
 from ..transport.connection import Connection, event_frames
+from .keeper import ChatCmd, DocCommand, DocumentKeeper, FieldCmd, OpCmd
 from .mailbox import Mailbox
 
 if TYPE_CHECKING:
@@ -75,7 +86,18 @@ class Publish:
     data: Any
 
 
-Command = Join | Leave | Relay | Publish
+@dataclass(slots=True)
+class SetRole:
+    """A member's role changed (stored grants changed while connected)."""
+
+    conn: Connection
+    role: Role
+
+
+Command = Join | Leave | Relay | Publish | SetRole | OpCmd | FieldCmd | ChatCmd
+
+_RANK = {"read": 0, "write": 1, "admin": 2}
+_EVENT_OF: dict[type, str] = {OpCmd: "op", FieldCmd: "field", ChatCmd: "chat"}
 
 # member fields a relay updates in the presence list
 _PRESENCE_FIELDS = {"cursor": "cursor", "selection": "selection", "typing": "typing"}
@@ -121,7 +143,7 @@ class Room:
         cfg = registry.config
         self.mailbox: Mailbox[Command] = Mailbox(cfg.room_inbox_size)
         self.members: dict[Connection, Member] = {}
-        self.seq = 0
+        self.keeper: DocumentKeeper | None = None
         self.last_activity = registry.wall_ms()
         self.closed = False
         self.cancel_scope = trio.CancelScope()
@@ -134,12 +156,40 @@ class Room:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """The room task: serve commands until idle for ``room_idle_s`` or cancelled."""
+        """The room task: load, serve commands until idle for ``room_idle_s`` or
+        cancelled, then flush and tear down."""
+        registry = self.registry
+        cfg = registry.config
         try:
             with self.cancel_scope:
-                async with trio.open_nursery():
+                try:
+                    snapshot = await registry.store.load_room(
+                        self.id, history_limit=cfg.history_limit,
+                        chat_limit=cfg.chat_history_limit,
+                    )
+                except StorageError as exc:
+                    log.warning("room %s: cannot load: %s", self.id, exc)
+                    self._refuse_waiting(CollabError(
+                        ErrorCode.STORAGE_UNAVAILABLE,
+                        "storage is unavailable; try joining again", retryable=True,
+                    ))
+                    return
+                self.keeper = DocumentKeeper(
+                    self.id, self.members, snapshot, queue=registry.commits,
+                    config=cfg, wall_clock=registry.wall_clock,
+                )
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.keeper.run)
                     await self._serve()
+                    nursery.cancel_scope.cancel()
         finally:
+            if self.keeper is not None:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + cfg.flush_timeout_s
+                    await self.keeper.close()
+                if scope.cancelled_caught:
+                    log.error("room %s: final flush did not finish in %ss",
+                              self.id, cfg.flush_timeout_s)
             self._teardown()
 
     async def _serve(self) -> None:
@@ -159,7 +209,8 @@ class Room:
                 else:
                     self._acked_version.clear()
                 continue
-            if not self.members and not self.mailbox and trio.current_time() >= deadline:
+            if (not self.members and not self.mailbox and trio.current_time() >= deadline
+                    and (self.keeper is None or self.keeper.idle)):
                 log.debug("room %s idle for %ss: closing", self.id, idle_s)
                 return
 
@@ -171,14 +222,17 @@ class Room:
                 del conn.rooms[self.id]
         self.members.clear()
         # commands that arrived after the decision to close get an answer, not silence
+        self._refuse_waiting(CollabError(ErrorCode.INTERNAL, "room closed; try again"))
+
+    def _refuse_waiting(self, err: CollabError) -> None:
         for cmd in list(self.mailbox.get_nowait_all()):
             if isinstance(cmd, Join):
                 cmd.conn.pending_joins -= 1
-                self._refuse(cmd.conn, cmd.ack_id, cmd.at_connect,
-                             CollabError(ErrorCode.INTERNAL, "room closed; try again"))
-            elif isinstance(cmd, Relay | Leave) and cmd.ack_id is not None:
-                cmd.conn.reply_error(cmd.ack_id, CollabError(ErrorCode.NOT_JOINED,
-                                     f"not in room {self.id!r}"), None)
+                self._refuse(cmd.conn, cmd.ack_id, cmd.at_connect, err)
+            elif isinstance(cmd, OpCmd | FieldCmd):
+                cmd.conn.reply_error(cmd.ack_id, err, None, cmd.msg.operation_id)
+            elif isinstance(cmd, Relay | Leave | ChatCmd) and cmd.ack_id is not None:
+                cmd.conn.reply_error(cmd.ack_id, err, None)
 
     # -- commands ------------------------------------------------------------------------
 
@@ -186,10 +240,14 @@ class Room:
         try:
             if isinstance(cmd, Relay):
                 self._relay(cmd)
+            elif isinstance(cmd, OpCmd | FieldCmd | ChatCmd):
+                self._document(cmd)
             elif isinstance(cmd, Join):
                 self._join(cmd)
             elif isinstance(cmd, Leave):
                 self._leave(cmd)
+            elif isinstance(cmd, SetRole):
+                self._set_role(cmd)
             else:
                 self._publish(cmd)
         except Exception:
@@ -228,15 +286,22 @@ class Room:
             member.role = cmd.role
             member.last_activity = now
         self.last_activity = now
+        keeper = self.keeper
+        assert keeper is not None
+        missed = keeper.missed_since(cmd.since) if cmd.since is not None else None
+        if missed is not None:
+            # the events it missed, in order, as ordinary events before the ack
+            for entry in missed:
+                conn.send_frames(event_frames(entry.event, entry.payload))
         reply = {
             "ok": True,
             "room": self.id,
             "role": member.role,
-            "seq": self.seq,
-            "state": {},
+            "seq": keeper.seq,
+            "state": None if missed is not None else keeper.doc.entities,
             "presence": self.presence(),
-            "chat": [],
-            "recovered": False,
+            "chat": keeper.chat_tail(),
+            "recovered": missed is not None,
         }
         self._acked_version[conn] = self._version
         if cmd.ack_id is not None:
@@ -286,6 +351,61 @@ class Room:
                 conn.send_frames(frames, volatile)
         if cmd.ack_id is not None:
             sender.ack(cmd.ack_id, {"ok": True})
+
+    def _document(self, cmd: DocCommand) -> None:
+        conn = cmd.conn
+        member = self.members.get(conn)
+        op_id = cmd.msg.operation_id if isinstance(cmd, OpCmd | FieldCmd) else None
+        event = _EVENT_OF[type(cmd)]
+        if member is None:
+            conn.reply_error(cmd.ack_id, CollabError(
+                ErrorCode.NOT_JOINED, f"join room {self.id!r} before sending {event}"),
+                event, op_id)
+            return
+        needed = "admin" if isinstance(cmd, OpCmd) and cmd.msg.op == "replace" else "write"
+        if _RANK[member.role] < _RANK[needed]:
+            conn.reply_error(cmd.ack_id, CollabError(
+                ErrorCode.FORBIDDEN,
+                f"{event} needs role {needed!r} in room {self.id!r}; you have {member.role!r}",
+            ), event, op_id)
+            return
+        member.last_activity = self.last_activity = self.registry.wall_ms()
+        if isinstance(cmd, OpCmd) and cmd.msg.op == "move":
+            data = cmd.msg.data
+            if not isinstance(data, dict) or "position" not in data:
+                conn.reply_error(cmd.ack_id, CollabError(
+                    ErrorCode.VALIDATION, "move: data.position is required"), event, op_id)
+                return
+            self._relay_move(cmd)
+            if data.get("commit") is not True:
+                if cmd.ack_id is not None:
+                    conn.ack(cmd.ack_id, {"ok": True, "operationId": op_id, "seq": None})
+                return
+        assert self.keeper is not None
+        self.keeper.submit(cmd)
+
+    def _relay_move(self, cmd: OpCmd) -> None:
+        """A move reaches the others at once, without a seq (volatile)."""
+        msg, sender = cmd.msg, cmd.conn
+        ident = sender.identity
+        assert ident is not None
+        frames = event_frames("op", {
+            "room": self.id, "seq": None, "userId": ident.user_id, "userName": ident.name,
+            "socketId": sender.sid, "operationId": msg.operation_id, "op": "move",
+            "collection": msg.collection, "id": msg.id, "data": msg.data,
+            "timestamp": msg.timestamp,
+        })
+        for conn in self.members:
+            if conn is not sender:
+                conn.send_frames(frames, True)
+
+    def _set_role(self, cmd: SetRole) -> None:
+        member = self.members.get(cmd.conn)
+        if member is None or member.role == cmd.role:
+            return
+        member.role = cmd.role
+        cmd.conn.emit("role-changed", {"room": self.id, "role": cmd.role})
+        self._membership_changed()
 
     def _publish(self, cmd: Publish) -> None:
         out = {"room": self.id, "event": cmd.event, "data": cmd.data,

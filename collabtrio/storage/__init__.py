@@ -1,27 +1,80 @@
-"""Storage backends behind one :class:`~collabtrio.storage.base.Store` interface."""
+"""Storage backends behind one :class:`~collabtrio.storage.base.Store` interface.
+
+``open_store(url)`` picks the backend from the URL:
+
+- ``sqlite:///relative/file.db``, ``sqlite:////absolute/file.db`` (the default backend);
+- ``postgresql://user@host:port/db`` or ``postgres://...`` (needs the ``postgres``
+  extra; ``?schema=NAME`` puts the tables in that schema);
+- ``memory://`` (keeps nothing) or ``memory://NAME`` (shared in this process).
+"""
 
 from __future__ import annotations
 
-from .base import StorageError, StorageUnavailable, Store
+import time
+from collections.abc import Callable
 
-__all__ = ["StorageError", "StorageUnavailable", "Store", "open_store"]
+from .base import (
+    ChatMessage,
+    EntityWrite,
+    HistoryEntry,
+    OperationRecord,
+    Role,
+    RoomChanges,
+    RoomSnapshot,
+    StorageError,
+    StorageUnavailable,
+    Store,
+)
+
+__all__ = [
+    "ChatMessage",
+    "EntityWrite",
+    "HistoryEntry",
+    "OperationRecord",
+    "Role",
+    "RoomChanges",
+    "RoomSnapshot",
+    "StorageError",
+    "StorageUnavailable",
+    "Store",
+    "open_store",
+]
 
 
-async def open_store(url: str) -> Store:
-    """Open the store named by ``url`` (``sqlite:///path`` or ``memory://``).
+async def open_store(
+    url: str,
+    *,
+    sqlite_synchronous: str = "NORMAL",
+    wall_clock: Callable[[], float] | None = None,
+) -> Store:
+    """Open (and migrate) the store named by ``url``.
 
-    Raises :class:`StorageError` with a message a person can act on.
+    ``sqlite_synchronous`` is SQLite's ``PRAGMA synchronous`` (NORMAL or FULL);
+    ``wall_clock`` gives the timestamps of room rows (default ``time.time``).
+
+    Error handling: raises :class:`StorageError` with a message a person can act on
+    (bad or unsupported URL, missing driver, unreachable server, unwritable file, a
+    schema newer than this code).
     """
-    if url.startswith("sqlite://"):
+    clock = wall_clock if wall_clock is not None else time.time
+    if url.startswith("sqlite:"):
         from .sqlite import SQLiteStore
 
-        return await SQLiteStore.open(url)
-    if url.startswith("memory://"):
+        return await SQLiteStore.open(url, synchronous=sqlite_synchronous, wall_clock=clock)
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            raise StorageError(
+                f"PostgreSQL storage needs psycopg 3 and psycopg-pool ({exc}); install them "
+                f"with: pip install 'collabtrio[postgres]'"
+            ) from exc
+        return await PostgresStore.open(url, wall_clock=clock)
+    if url.startswith("memory:"):
         from .memory import MemoryStore
 
         return MemoryStore(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        raise StorageError(
-            "PostgreSQL storage is not available in this version; use sqlite:///path"
-        )
-    raise StorageError(f"unsupported storage URL {url!r}: use sqlite:///path/to/file.db")
+    raise StorageError(
+        f"unsupported storage URL {url!r}: use sqlite:///path/to/file.db, "
+        f"postgresql://user@host/db or memory://"
+    )

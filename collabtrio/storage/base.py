@@ -1,14 +1,27 @@
-"""The storage interface the server talks to.
+"""The storage interface the server talks to, and the records that cross it.
 
 Implementations run blocking database drivers on worker threads (``trio.to_thread``),
 so nothing here blocks the trio loop. Errors that mean "the database cannot be reached
 or written right now" are raised as :class:`StorageUnavailable`; the server turns them
-into ``STORAGE_UNAVAILABLE`` (retryable) for the client concerned.
+into ``STORAGE_UNAVAILABLE`` (retryable) for the clients concerned.
+
+The unit of writing is :class:`RoomChanges`: everything one room commits at once (a
+batch of operations, one debounce flush, chat messages). :meth:`Store.commit` writes
+any number of them in ONE transaction, all or nothing; the
+:class:`~collabtrio.storage.writer.CommitQueue` in front of the store merges what
+several rooms queue at the same time into one call (group commit).
+
+A room's document is ``{collection: {id: entity}}``; each entity is a row, so a change
+to one entity writes one row, never the whole document.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Role = Literal["read", "write", "admin"]
 
 
 class StorageError(Exception):
@@ -19,8 +32,84 @@ class StorageUnavailable(StorageError):
     """The database is unreachable or refuses writes right now; try again later."""
 
 
+@dataclass(frozen=True, slots=True)
+class EntityWrite:
+    """Set (``data`` a dict) or delete (``data`` None) one entity."""
+
+    collection: str
+    id: str
+    data: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One persisted event of a room, as it was broadcast (for replay with ``since``).
+
+    ``event`` is the Socket.IO event name (``op``, ``field``, ``chat``) and ``payload``
+    the object broadcast with it (it includes ``seq``).
+    """
+
+    seq: int
+    event: str
+    payload: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One chat message (it also has a history entry with the same ``seq``)."""
+
+    seq: int
+    user_id: str
+    user_name: str
+    text: str
+    client_id: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OperationRecord:
+    """The first result of an applied operation, kept so a retry gets the same answer."""
+
+    operation_id: str
+    seq: int
+    result: dict[str, Any]
+
+
+@dataclass(slots=True)
+class RoomChanges:
+    """Everything one room writes in one go.
+
+    Applied in this order: if ``replace_all``, every entity of the room is deleted;
+    then ``entities`` in order (a later write to the same key wins); the room's
+    ``seq`` is set (the room row is created if missing); ``history``, ``operations``
+    and ``chat`` rows are inserted; then history rows with ``seq <= seq -
+    history_limit`` and operation records with such a seq are deleted.
+    """
+
+    room: str
+    seq: int
+    history_limit: int
+    entities: list[EntityWrite] = field(default_factory=list)
+    replace_all: bool = False
+    history: list[HistoryEntry] = field(default_factory=list)
+    operations: list[OperationRecord] = field(default_factory=list)
+    chat: list[ChatMessage] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RoomSnapshot:
+    """What a room needs when it opens: its document, seq and recent past."""
+
+    seq: int = 0
+    entities: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    history: list[HistoryEntry] = field(default_factory=list)  # ascending seq
+    operations: dict[str, OperationRecord] = field(default_factory=dict)
+    chat: list[ChatMessage] = field(default_factory=list)  # the newest, ascending seq
+
+
 class Store(Protocol):
-    """An open store."""
+    """An open store (SQLite, PostgreSQL, or memory for tests)."""
 
     url: str
 
@@ -29,6 +118,30 @@ class Store(Protocol):
 
     async def schema_version(self) -> int:
         """The migration version applied."""
+
+    async def load_room(self, room: str, *, history_limit: int, chat_limit: int) -> RoomSnapshot:
+        """The room's entities, seq, retained history (at most ``history_limit`` newest
+        entries), the operation records of that window, and the newest ``chat_limit``
+        chat messages. An unknown room gives an empty snapshot at seq 0."""
+
+    async def commit(self, changes: Sequence[RoomChanges]) -> None:
+        """Write every :class:`RoomChanges` in one transaction, all or nothing.
+
+        Raises :class:`StorageUnavailable` (nothing written) if it cannot commit.
+        """
+
+    async def chat_page(self, room: str, *, before: int | None, limit: int) -> list[ChatMessage]:
+        """Up to ``limit`` chat messages with ``seq < before`` (all if None), the newest
+        ones, returned in ascending seq."""
+
+    async def grants_for(self, user_id: str) -> dict[str, Role]:
+        """The stored grants of one user: room id or ``prefix*`` pattern -> role."""
+
+    async def set_grant(self, pattern: str, user_id: str, role: Role | None) -> None:
+        """Grant ``role`` on ``pattern`` to ``user_id`` (``None`` revokes)."""
+
+    async def grants_version(self) -> int:
+        """A number that changes whenever a grant is set or revoked (for polling)."""
 
     async def close(self) -> None:
         """Release connections and threads (idempotent)."""

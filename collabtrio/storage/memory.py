@@ -1,29 +1,220 @@
-"""An in-process store for tests and the in-memory testing harness (keeps nothing)."""
+"""An in-process store for unit tests and the in-memory testing harness.
+
+It has the semantics of the SQL backends (the storage contract tests run against all
+three), kept in plain dicts:
+
+- JSON values are stored encoded (the same encoder as the SQL backends), so callers
+  can never alias stored state, and data that SQL would refuse (NaN, non-JSON types)
+  is refused here too.
+- :meth:`MemoryStore.commit` is all or nothing: the rooms it touches are copied,
+  changed, and swapped in only when every :class:`RoomChanges` applied, so a
+  duplicate history/chat ``seq`` or operation id (a primary key violation in SQL)
+  raises :class:`StorageUnavailable` and leaves nothing written.
+- ``memory://`` is a fresh empty store; ``memory://NAME`` shares its data with every
+  other store opened with the same name in this process (until :func:`forget`), so a
+  test can close and reopen it.
+- Fault injection: :meth:`MemoryStore.fail_next` makes the next ``n`` commits raise
+  :class:`StorageUnavailable`; setting :attr:`MemoryStore.failing` makes every commit
+  (and :meth:`ping`) raise until it is cleared.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
 import trio
 
-from .sqlite import MIGRATIONS
+from .base import (
+    ChatMessage,
+    HistoryEntry,
+    OperationRecord,
+    Role,
+    RoomChanges,
+    RoomSnapshot,
+    StorageError,
+    StorageUnavailable,
+)
+from .migrations import LATEST_VERSION, check_role, dumps, entity_rows, loads
+
+
+@dataclass
+class _Room:
+    seq: int = 0
+    entities: dict[tuple[str, str], str] = field(default_factory=dict)  # -> JSON text
+    history: dict[int, tuple[str, str, float]] = field(default_factory=dict)
+    operations: dict[str, tuple[int, str]] = field(default_factory=dict)
+    chat: dict[int, ChatMessage] = field(default_factory=dict)
+
+    def copy(self) -> _Room:
+        return _Room(
+            self.seq, dict(self.entities), dict(self.history), dict(self.operations),
+            dict(self.chat),
+        )
+
+
+@dataclass
+class _Data:
+    rooms: dict[str, _Room] = field(default_factory=dict)
+    grants: dict[tuple[str, str], Role] = field(default_factory=dict)
+    grants_version: int = 0
+
+
+_NAMED: dict[str, _Data] = {}
+
+
+def forget(url: str) -> None:
+    """Drop the shared data of a named ``memory://NAME`` store."""
+    _NAMED.pop(url, None)
 
 
 class MemoryStore:
-    """A store that lives and dies with the process."""
+    """A store that lives and dies with the process (see the module docstring)."""
 
     def __init__(self, url: str = "memory://") -> None:
+        if not url.startswith("memory://"):
+            raise StorageError(f"bad memory store URL {url!r}: use memory:// or memory://NAME")
         self.url = url
         self.closed = False
+        self.failing = False
+        self._fail_count = 0
+        if url == "memory://":
+            self._data = _Data()
+        else:
+            self._data = _NAMED.setdefault(url, _Data())
+
+    def fail_next(self, n: int = 1) -> None:
+        """Make the next ``n`` commits raise :class:`StorageUnavailable`."""
+        self._fail_count = n
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StorageUnavailable("the memory store is closed")
 
     async def ping(self) -> None:
-        """Always reachable."""
+        """Reachable unless closed or :attr:`failing`."""
         await trio.lowlevel.checkpoint()
+        self._check_open()
+        if self.failing:
+            raise StorageUnavailable("memory store: failing (fault injection)")
 
     async def schema_version(self) -> int:
         """The newest migration (nothing to migrate in memory)."""
         await trio.lowlevel.checkpoint()
-        return len(MIGRATIONS)
+        self._check_open()
+        return LATEST_VERSION
+
+    async def load_room(self, room: str, *, history_limit: int, chat_limit: int) -> RoomSnapshot:
+        """See :meth:`Store.load_room`."""
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        r = self._data.rooms.get(room)
+        if r is None:
+            return RoomSnapshot()
+        snap = RoomSnapshot(seq=r.seq)
+        for (collection, eid), data in r.entities.items():
+            snap.entities.setdefault(collection, {})[eid] = loads(data)
+        seqs = sorted(r.history)[-history_limit:] if history_limit > 0 else []
+        for seq in seqs:
+            event, payload, created_at = r.history[seq]
+            snap.history.append(HistoryEntry(seq, event, loads(payload), created_at))
+        low = r.seq - history_limit
+        for operation_id, (seq, result) in r.operations.items():
+            if seq > low:
+                snap.operations[operation_id] = OperationRecord(operation_id, seq, loads(result))
+        chat = sorted(r.chat)[-chat_limit:] if chat_limit > 0 else []
+        snap.chat = [r.chat[seq] for seq in chat]  # frozen dataclasses of str/int/float
+        return snap
+
+    async def commit(self, changes: Sequence[RoomChanges]) -> None:
+        """See :meth:`Store.commit`; :class:`StorageUnavailable` (nothing written) for
+        injected faults, duplicate keys and non-JSON data."""
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        if self.failing:
+            raise StorageUnavailable("memory store: failing (fault injection)")
+        if self._fail_count > 0:
+            self._fail_count -= 1
+            raise StorageUnavailable("memory store: injected commit failure")
+        staged: dict[str, _Room] = {}
+        for ch in changes:
+            r = staged.get(ch.room)
+            if r is None:
+                old = self._data.rooms.get(ch.room)
+                r = staged[ch.room] = old.copy() if old is not None else _Room()
+            _apply(r, ch)
+        self._data.rooms.update(staged)
+
+    async def chat_page(self, room: str, *, before: int | None, limit: int) -> list[ChatMessage]:
+        """See :meth:`Store.chat_page`."""
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        r = self._data.rooms.get(room)
+        if r is None or limit <= 0:
+            return []
+        seqs = sorted(s for s in r.chat if before is None or s < before)[-limit:]
+        return [r.chat[s] for s in seqs]
+
+    async def grants_for(self, user_id: str) -> dict[str, Role]:
+        """See :meth:`Store.grants_for`."""
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        return {p: role for (p, u), role in self._data.grants.items() if u == user_id}
+
+    async def set_grant(self, pattern: str, user_id: str, role: Role | None) -> None:
+        """See :meth:`Store.set_grant`; ``ValueError`` for an unknown role."""
+        check_role(role)
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        if role is None:
+            self._data.grants.pop((pattern, user_id), None)
+        else:
+            self._data.grants[(pattern, user_id)] = role
+        self._data.grants_version += 1
+
+    async def grants_version(self) -> int:
+        """See :meth:`Store.grants_version`."""
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        return self._data.grants_version
 
     async def close(self) -> None:
-        """Forget everything."""
+        """Close this handle (idempotent); a named store's data stays for a reopen."""
         await trio.lowlevel.checkpoint()
         self.closed = True
+
+
+def _apply(r: _Room, ch: RoomChanges) -> None:
+    deletes, sets = entity_rows(ch.entities)
+    if ch.replace_all:
+        r.entities.clear()
+    for key in deletes:
+        r.entities.pop(key, None)
+    for collection, eid, data in sets:
+        r.entities[(collection, eid)] = data
+    r.seq = ch.seq
+    for h in ch.history:
+        if h.seq in r.history:
+            raise StorageUnavailable(
+                f"constraint violated: history seq {h.seq} of room {ch.room!r} exists"
+            )
+        r.history[h.seq] = (h.event, dumps(h.payload), h.created_at)
+    for o in ch.operations:
+        if o.operation_id in r.operations:
+            raise StorageUnavailable(
+                f"constraint violated: operation {o.operation_id!r} of room {ch.room!r} exists"
+            )
+        r.operations[o.operation_id] = (o.seq, dumps(o.result))
+    for m in ch.chat:
+        if m.seq in r.chat:
+            raise StorageUnavailable(
+                f"constraint violated: chat seq {m.seq} of room {ch.room!r} exists"
+            )
+        r.chat[m.seq] = ChatMessage(
+            m.seq, m.user_id, m.user_name, m.text, m.client_id, m.created_at
+        )
+    cutoff = ch.seq - ch.history_limit
+    for seq in [s for s in r.history if s <= cutoff]:
+        del r.history[seq]
+    for operation_id in [k for k, (s, _) in r.operations.items() if s <= cutoff]:
+        del r.operations[operation_id]

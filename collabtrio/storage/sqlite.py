@@ -1,111 +1,136 @@
 """SQLite storage: the standard ``sqlite3`` module on one worker thread.
 
+Theory of operation
+-------------------
 ``aiosqlite`` is asyncio-only (under trio it fails with "trio.run received
-unrecognized yield message"), so calls go through ``trio.to_thread.run_sync`` with a
-``CapacityLimiter(1)``: one statement at a time, never on the trio thread. The file is
-opened in WAL mode with foreign keys on and a busy timeout; versioned migrations run at
-open time inside a transaction each.
+unrecognized yield message"), so every call goes through ``trio.to_thread.run_sync``
+with a ``CapacityLimiter(1)``: one connection (``check_same_thread=False``,
+``isolation_level=None`` so transactions are explicit), used by one thread at a time,
+never by the trio thread. Invariants:
+
+- Every write happens between ``BEGIN IMMEDIATE`` and ``COMMIT``; any error rolls back
+  before the exception leaves the worker thread, so the connection is never left in a
+  transaction.
+- Calls are not abandoned on cancellation (trio's default): a cancelled caller waits
+  for its statement to finish, so a transaction is never cut in half.
+- Start-up problems (bad URL, missing or read-only directory, a file that is not a
+  database, a file locked by another process, a newer schema) raise
+  :class:`StorageError` naming the path and what to do; the CLI exits 2 with it.
+- Run-time errors (disk full, I/O error, locked longer than the busy timeout, a
+  constraint violated by the data) raise :class:`StorageUnavailable`: nothing of the
+  call was written.
+
+The file is opened in WAL mode with foreign keys on, ``busy_timeout`` 5000 ms and
+``PRAGMA synchronous`` NORMAL (a power cut may lose the last commits, never corrupts)
+or FULL (fsync per commit).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import trio
 
-from .base import StorageError, StorageUnavailable
+from .base import (
+    ChatMessage,
+    HistoryEntry,
+    OperationRecord,
+    Role,
+    RoomChanges,
+    RoomSnapshot,
+    StorageError,
+    StorageUnavailable,
+)
+from .migrations import (
+    LATEST_VERSION,
+    SQLITE_MIGRATIONS,
+    check_role,
+    dumps,
+    entity_rows,
+    loads,
+    too_new_message,
+)
 
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
+SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 
-MIGRATIONS: list[str] = [
-    # 1: the schema the document layer fills
-    """
-    CREATE TABLE rooms (
-        id TEXT PRIMARY KEY,
-        seq INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE TABLE entities (
-        room TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
-        collection TEXT NOT NULL,
-        id TEXT NOT NULL,
-        data TEXT NOT NULL,
-        PRIMARY KEY (room, collection, id)
-    );
-    CREATE TABLE history (
-        room TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
-        seq INTEGER NOT NULL,
-        event TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        PRIMARY KEY (room, seq)
-    );
-    CREATE TABLE operations (
-        room TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
-        operation_id TEXT NOT NULL,
-        result TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        PRIMARY KEY (room, operation_id)
-    );
-    CREATE TABLE chat_messages (
-        room TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
-        seq INTEGER NOT NULL,
-        user_id TEXT NOT NULL,
-        user_name TEXT NOT NULL,
-        text TEXT NOT NULL,
-        client_id TEXT,
-        created_at REAL NOT NULL,
-        PRIMARY KEY (room, seq)
-    );
-    CREATE TABLE grants (
-        pattern TEXT NOT NULL,
-        user_id TEXT NOT NULL,
-        role TEXT NOT NULL CHECK (role IN ('read', 'write', 'admin')),
-        PRIMARY KEY (pattern, user_id)
-    );
-    """,
-]
+# kept for callers of the first version
+MIGRATIONS = SQLITE_MIGRATIONS
 
 
 def path_from_url(url: str) -> str:
-    """``sqlite:///rel/or/abs/path.db`` -> the path (``sqlite:///:memory:`` allowed)."""
-    rest = url[len("sqlite://"):]
-    if not rest.startswith("/") or len(rest) < 2:
-        raise StorageError(f"bad SQLite URL {url!r}: use sqlite:///path/to/file.db")
-    path = rest[1:]
-    return path
+    """``sqlite:///rel/path.db`` -> ``rel/path.db``; ``sqlite:////abs/path.db`` ->
+    ``/abs/path.db``; ``sqlite:///:memory:`` -> ``:memory:``."""
+    rest = url[len("sqlite://"):] if url.startswith("sqlite://") else ""
+    if not rest.startswith("/") or len(rest) < 2 or "?" in rest:
+        raise StorageError(
+            f"bad SQLite URL {url!r}: use sqlite:///relative/file.db or "
+            f"sqlite:////absolute/file.db"
+        )
+    return rest[1:]
 
 
 class SQLiteStore:
-    """An open SQLite database (see the module docstring)."""
+    """An open SQLite database (see the module docstring).
 
-    def __init__(self, url: str, conn: sqlite3.Connection) -> None:
+    Resource handling: :meth:`open` returns a store owning one connection; :meth:`close`
+    closes it (idempotent). Calls after close raise :class:`StorageUnavailable`.
+    """
+
+    def __init__(
+        self, url: str, conn: sqlite3.Connection, *, wall_clock: Callable[[], float] = time.time
+    ) -> None:
         self.url = url
+        self.path = path_from_url(url)
         self._conn: sqlite3.Connection | None = conn
         self._limiter = trio.CapacityLimiter(1)
+        self._wall_clock = wall_clock
 
     @classmethod
-    async def open(cls, url: str) -> SQLiteStore:
+    async def open(
+        cls,
+        url: str,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> SQLiteStore:
         """Open (creating if needed) and migrate; :class:`StorageError` if impossible."""
         path = path_from_url(url)
-        conn = await trio.to_thread.run_sync(_connect_and_migrate, path)
-        return cls(url, conn)
+        mode = synchronous.upper()
+        if mode not in SYNCHRONOUS_MODES:
+            raise StorageError(
+                f"bad SQLite synchronous setting {synchronous!r}: use NORMAL or FULL"
+            )
+        conn = await trio.to_thread.run_sync(_connect_and_migrate, path, mode, busy_timeout_ms)
+        return cls(url, conn, wall_clock=wall_clock)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
         if conn is None:
-            raise StorageUnavailable("store is closed")
+            raise StorageUnavailable("the SQLite store is closed")
 
         def call() -> T:
             try:
                 return fn(conn)
-            except sqlite3.OperationalError as exc:
-                raise StorageUnavailable(f"SQLite: {exc}") from exc
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # SQLite may have rolled back already (e.g. SQLITE_FULL)
+                raise StorageUnavailable(f"SQLite {self.path}: {exc}") from exc
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
         return await trio.to_thread.run_sync(call, limiter=self._limiter)
 
@@ -118,50 +143,312 @@ class SQLiteStore:
         row = await self._run(lambda c: c.execute("PRAGMA user_version").fetchone())
         return int(row[0])
 
+    async def load_room(self, room: str, *, history_limit: int, chat_limit: int) -> RoomSnapshot:
+        """See :meth:`Store.load_room`; one read transaction, so a consistent view."""
+        return await self._run(lambda c: _load_room(c, room, history_limit, chat_limit))
+
+    async def commit(self, changes: Sequence[RoomChanges]) -> None:
+        """See :meth:`Store.commit`: one ``BEGIN IMMEDIATE`` ... ``COMMIT``.
+
+        Raises :class:`StorageUnavailable` (rolled back, nothing written) on any
+        database error, including a constraint violated by the data (for example a
+        history ``seq`` already stored) and data that is not JSON.
+        """
+        if not changes:
+            return
+        now = self._wall_clock()
+        await self._run(lambda c: _commit(c, changes, now))
+
+    async def chat_page(self, room: str, *, before: int | None, limit: int) -> list[ChatMessage]:
+        """See :meth:`Store.chat_page`."""
+        return await self._run(lambda c: _chat_page(c, room, before, limit))
+
+    async def grants_for(self, user_id: str) -> dict[str, Role]:
+        """See :meth:`Store.grants_for`."""
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT pattern, role FROM grants WHERE user_id = ?", (user_id,)
+            ).fetchall()
+        )
+        return {pattern: cast(Role, role) for pattern, role in rows}
+
+    async def set_grant(self, pattern: str, user_id: str, role: Role | None) -> None:
+        """See :meth:`Store.set_grant`; ``ValueError`` for an unknown role."""
+        check_role(role)
+        await self._run(lambda c: _set_grant(c, pattern, user_id, role))
+
+    async def grants_version(self) -> int:
+        """See :meth:`Store.grants_version`."""
+        row = await self._run(
+            lambda c: c.execute("SELECT value FROM meta WHERE key = 'grants_version'").fetchone()
+        )
+        return int(row[0]) if row else 0
+
     async def close(self) -> None:
-        """Close the database file."""
+        """Close the database file (idempotent); waits for a running call to finish."""
         conn, self._conn = self._conn, None
         if conn is not None:
             await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
 
 
-def _connect_and_migrate(path: str) -> sqlite3.Connection:
-    if path != ":memory:":
-        parent = Path(path).resolve().parent
-        if not parent.is_dir():
-            raise StorageError(f"cannot open SQLite database {path!r}: {parent} does not exist")
+# -- run in the worker thread --------------------------------------------------------
+
+_UPSERT_ROOM = (
+    "INSERT INTO rooms (id, seq, created_at, updated_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at"
+)
+_UPSERT_ENTITY = (
+    "INSERT INTO entities (room, collection, id, data) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (room, collection, id) DO UPDATE SET data = excluded.data"
+)
+
+
+def _commit(conn: sqlite3.Connection, changes: Sequence[RoomChanges], now: float) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    for ch in changes:
+        room = ch.room
+        conn.execute(_UPSERT_ROOM, (room, ch.seq, now, now))
+        deletes, sets = entity_rows(ch.entities)
+        if ch.replace_all:
+            conn.execute("DELETE FROM entities WHERE room = ?", (room,))
+        elif deletes:
+            conn.executemany(
+                "DELETE FROM entities WHERE room = ? AND collection = ? AND id = ?",
+                [(room, collection, eid) for collection, eid in deletes],
+            )
+        if sets:
+            conn.executemany(_UPSERT_ENTITY, [(room, *row) for row in sets])
+        if ch.history:
+            conn.executemany(
+                "INSERT INTO history (room, seq, event, payload, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(room, h.seq, h.event, dumps(h.payload), h.created_at) for h in ch.history],
+            )
+        if ch.operations:
+            conn.executemany(
+                "INSERT INTO operations (room, operation_id, seq, result) VALUES (?, ?, ?, ?)",
+                [(room, o.operation_id, o.seq, dumps(o.result)) for o in ch.operations],
+            )
+        if ch.chat:
+            conn.executemany(
+                "INSERT INTO chat_messages "
+                "(room, seq, user_id, user_name, text, client_id, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (room, m.seq, m.user_id, m.user_name, m.text, m.client_id, m.created_at)
+                    for m in ch.chat
+                ],
+            )
+        cutoff = ch.seq - ch.history_limit
+        conn.execute("DELETE FROM history WHERE room = ? AND seq <= ?", (room, cutoff))
+        conn.execute("DELETE FROM operations WHERE room = ? AND seq <= ?", (room, cutoff))
+    conn.execute("COMMIT")
+
+
+def _chat_row(row: tuple[Any, ...]) -> ChatMessage:
+    seq, user_id, user_name, text, client_id, created_at = row
+    return ChatMessage(seq, user_id, user_name, text, client_id, created_at)
+
+
+_CHAT_COLUMNS = "seq, user_id, user_name, text, client_id, created_at"
+
+
+def _load_room(
+    conn: sqlite3.Connection, room: str, history_limit: int, chat_limit: int
+) -> RoomSnapshot:
+    conn.execute("BEGIN")
+    row = conn.execute("SELECT seq FROM rooms WHERE id = ?", (room,)).fetchone()
+    if row is None:
+        conn.execute("COMMIT")
+        return RoomSnapshot()
+    snap = RoomSnapshot(seq=int(row[0]))
+    for collection, eid, data in conn.execute(
+        "SELECT collection, id, data FROM entities WHERE room = ?", (room,)
+    ):
+        snap.entities.setdefault(collection, {})[eid] = loads(data)
+    history = conn.execute(
+        "SELECT seq, event, payload, created_at FROM history WHERE room = ? "
+        "ORDER BY seq DESC LIMIT ?",
+        (room, max(history_limit, 0)),
+    ).fetchall()
+    snap.history = [
+        HistoryEntry(seq, event, loads(payload), created_at)
+        for seq, event, payload, created_at in reversed(history)
+    ]
+    for operation_id, seq, result in conn.execute(
+        "SELECT operation_id, seq, result FROM operations WHERE room = ? AND seq > ?",
+        (room, snap.seq - history_limit),
+    ):
+        snap.operations[operation_id] = OperationRecord(operation_id, seq, loads(result))
+    chat = conn.execute(
+        f"SELECT {_CHAT_COLUMNS} FROM chat_messages WHERE room = ? ORDER BY seq DESC LIMIT ?",
+        (room, max(chat_limit, 0)),
+    ).fetchall()
+    snap.chat = [_chat_row(r) for r in reversed(chat)]
+    conn.execute("COMMIT")
+    return snap
+
+
+def _chat_page(
+    conn: sqlite3.Connection, room: str, before: int | None, limit: int
+) -> list[ChatMessage]:
+    if before is None:
+        rows = conn.execute(
+            f"SELECT {_CHAT_COLUMNS} FROM chat_messages WHERE room = ? "
+            "ORDER BY seq DESC LIMIT ?",
+            (room, max(limit, 0)),
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            f"SELECT {_CHAT_COLUMNS} FROM chat_messages WHERE room = ? AND seq < ? "
+            "ORDER BY seq DESC LIMIT ?",
+            (room, before, max(limit, 0)),
+        ).fetchall()
+    return [_chat_row(r) for r in reversed(rows)]
+
+
+def _set_grant(conn: sqlite3.Connection, pattern: str, user_id: str, role: Role | None) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    if role is None:
+        conn.execute("DELETE FROM grants WHERE pattern = ? AND user_id = ?", (pattern, user_id))
+    else:
+        conn.execute(
+            "INSERT INTO grants (pattern, user_id, role) VALUES (?, ?, ?) "
+            "ON CONFLICT (pattern, user_id) DO UPDATE SET role = excluded.role",
+            (pattern, user_id, role),
+        )
+    conn.execute(
+        "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) "
+        "WHERE key = 'grants_version'"
+    )
+    conn.execute("COMMIT")
+
+
+# -- start-up ---------------------------------------------------------------------------
+
+
+def _check_path(path: str) -> None:
+    """Fail early, with a message a person can act on, for problems with the path."""
+    if path == ":memory:":
+        return
+    target = Path(path)
+    parent = target.absolute().parent
+    if not parent.exists():
+        # the nearest ancestor may be a regular file: say so
+        for ancestor in parent.parents:
+            if ancestor.exists():
+                if not ancestor.is_dir():
+                    raise StorageError(
+                        f"cannot open SQLite database {path!r}: {ancestor} is a file, "
+                        f"not a directory; choose another path for --db"
+                    )
+                break
+        raise StorageError(
+            f"cannot open SQLite database {path!r}: directory {parent} does not exist; "
+            f"create it first or choose another path for --db"
+        )
+    if not parent.is_dir():
+        raise StorageError(
+            f"cannot open SQLite database {path!r}: {parent} is not a directory; "
+            f"choose another path for --db"
+        )
+    if target.is_dir():
+        raise StorageError(
+            f"cannot open SQLite database {path!r}: it is a directory; name a file"
+        )
+    # os.access reports EROFS (read-only file system) and immutable files even for root
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StorageError(
+            f"cannot open SQLite database {path!r}: directory {parent} is not writable "
+            f"(read-only file system or permissions); SQLite needs to create the database "
+            f"and its -wal/-shm files there: make it writable or choose another path"
+        )
+    if target.exists() and not os.access(target, os.R_OK | os.W_OK):
+        raise StorageError(
+            f"cannot open SQLite database {path!r}: the file is not readable and writable "
+            f"by this user; fix its permissions or choose another path"
+        )
+
+
+def _explain(path: str, exc: sqlite3.Error) -> StorageError:
+    text = str(exc)
+    code = getattr(exc, "sqlite_errorname", "")
+    if "locked" in text or code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        hint = (
+            "another process holds it locked (is another collabtrio, or a tool with an "
+            "exclusive lock, using the same file?); stop it or choose another path"
+        )
+    elif "not a database" in text or code == "SQLITE_NOTADB":
+        hint = (
+            "the file is not a SQLite database (or is encrypted or damaged); point --db "
+            "at a collabtrio database or a path where a new one can be created"
+        )
+    elif "readonly" in text or "read-only" in text or code.startswith("SQLITE_READONLY"):
+        hint = "the file or its directory is read-only; make them writable"
+    elif "unable to open" in text or code.startswith("SQLITE_CANTOPEN"):
+        hint = "check that the directory exists and is writable"
+    elif "disk" in text and "full" in text:
+        hint = "the disk is full; free some space"
+    else:
+        hint = "is the path writable, on a local disk, and not used by another program?"
+    return StorageError(f"cannot open SQLite database {path!r}: {text}; {hint}")
+
+
+def _connect_and_migrate(path: str, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
+    _check_path(path)
     try:
         conn = sqlite3.connect(
-            path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+            path,
+            check_same_thread=False,
+            isolation_level=None,
+            timeout=busy_timeout_ms / 1000,
+            cached_statements=256,
         )
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        _migrate(conn)
     except sqlite3.Error as exc:
-        raise StorageError(
-            f"cannot open SQLite database {path!r}: {exc} (is the path writable, "
-            f"and no other process holding the file locked?)"
-        ) from exc
+        raise _explain(path, exc) from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if path != ":memory:" and str(mode).lower() != "wal":
+            raise StorageError(
+                f"cannot open SQLite database {path!r} in WAL mode (journal mode stays "
+                f"{mode!r}); is another program holding it, or is the file system "
+                f"read-only or a network share?"
+            )
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        _migrate(conn, path)
+        # prove that we can write (and take the write lock) now, not at the first commit
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _explain(path, exc) from exc
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
-        raise StorageError(
-            f"the database is at schema version {version}, newer than this collabtrio "
-            f"knows ({len(MIGRATIONS)}); upgrade collabtrio or use a backup"
-        )
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+    if version > LATEST_VERSION:
+        raise StorageError(too_new_message(f"the SQLite database {path!r}", version,
+                                           LATEST_VERSION))
+    for number in range(version + 1, LATEST_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in script.split(";"):
+            # re-read under the write lock: another process may have migrated meanwhile
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            if current >= number:
+                conn.execute("COMMIT")
+                continue
+            for statement in SQLITE_MIGRATIONS[number - 1].split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise

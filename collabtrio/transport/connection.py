@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from ..config import Config
+from ..config import Config, Role
 from ..errors import CollabError, ErrorCode
 from ..protocol import engineio, socketio, wsframe
 from ..timers import TimerHandle, Timers
@@ -158,6 +158,7 @@ class Connection:
         self._ping_timer: TimerHandle | None = None
         self.on_cleanup: list[Callable[[], None]] = []
         self.auth_rooms: list[Any] = []
+        self.grants: dict[str, Role] = {}
         self.expiry_timer: TimerHandle | None = None
         self._binary_size = 0
 
@@ -181,20 +182,53 @@ class Connection:
         """Answer an acked event."""
         self.send_frames(ack_frames(ack_id, payload))
 
-    def reply_error(self, ack_id: int | None, err: CollabError, event: str | None) -> None:
-        """Report ``err`` as the ack, or as ``operation-error`` when no ack was asked for."""
+    def reply_error(
+        self,
+        ack_id: int | None,
+        err: CollabError,
+        event: str | None,
+        operation_id: str | None = None,
+    ) -> None:
+        """Report ``err`` as the ack, or, when no ack was asked for, as an event.
+
+        Without an ack, a document operation (``operation_id`` given) is answered the
+        way the origin server's clients expect: ``operation-forbidden`` for
+        ``FORBIDDEN``, ``operation-failed`` for a retryable storage or internal error,
+        ``operation-error`` otherwise; any other event gets ``operation-error``.
+        """
         if ack_id is not None:
             self.ack(ack_id, {"ok": False, "error": err.to_wire()})
+            return
+        body: dict[str, Any] = {
+            "type": str(err.code),
+            "message": err.message,
+            "event": event,
+            "retryable": err.retryable,
+        }
+        if err.details is not None:
+            body["details"] = err.details
+        if operation_id is not None:
+            body["operationId"] = operation_id
+            if err.code is ErrorCode.FORBIDDEN:
+                self.emit("operation-forbidden", body)
+                return
+            if err.code in (ErrorCode.STORAGE_UNAVAILABLE, ErrorCode.INTERNAL):
+                self.emit("operation-failed", {"operationId": operation_id,
+                                               "error": err.message, "code": str(err.code),
+                                               "retryable": err.retryable})
+                return
+        self.emit("operation-error", body)
+
+    def confirm(self, ack_id: int | None, result: dict[str, Any]) -> None:
+        """Answer a persisted operation: its ack, or ``operation-confirmed`` without one."""
+        if ack_id is not None:
+            self.ack(ack_id, result)
         else:
-            body: dict[str, Any] = {
-                "type": str(err.code),
-                "message": err.message,
-                "event": event,
-                "retryable": err.retryable,
-            }
-            if err.details is not None:
-                body["details"] = err.details
-            self.emit("operation-error", body)
+            self.emit("operation-confirmed", {
+                "operationId": result.get("operationId"),
+                "serverTimestamp": result.get("serverTimestamp"),
+                "seq": result.get("seq"),
+            })
 
     # -- closing -------------------------------------------------------------------------
 

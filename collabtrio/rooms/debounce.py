@@ -1,0 +1,86 @@
+"""Coalescing of ``field`` writes: per key, a trailing window and a maximum hold.
+
+Pure bookkeeping (times are passed in): the room's document task asks for
+:meth:`FieldDebouncer.next_deadline`, sleeps until then (or until new work arrives),
+and when a deadline has passed takes *every* pending key at once, so one flush is one
+transaction for the whole room.
+
+A key is ``(collection, id, path)``. A write to a pending key replaces its value and
+pushes its trailing deadline to ``now + window``, but never past ``first + max_hold``
+(the time of the key's first pending write plus the hold limit). Every write's sender
+is remembered so each gets its own confirmation when the winning value is stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+FieldKey = tuple[str, str, tuple[str, ...]]
+
+
+@dataclass(slots=True)
+class FieldWaiter:
+    """One coalesced write waiting for its confirmation."""
+
+    conn: Any  # the sending Connection
+    operation_id: str
+    ack_id: int | None
+
+
+@dataclass(slots=True)
+class PendingField:
+    """The newest value of one key and everyone waiting on it."""
+
+    key: FieldKey
+    value: Any
+    conn: Any  # who sent the newest value
+    timestamp: float | None
+    first_at: float
+    last_at: float
+    waiters: list[FieldWaiter] = field(default_factory=list)
+
+
+class FieldDebouncer:
+    """Pending field writes of one room (see the module docstring)."""
+
+    def __init__(self, window_s: float, max_hold_s: float) -> None:
+        self.window_s = window_s
+        self.max_hold_s = max_hold_s
+        self.pending: dict[FieldKey, PendingField] = {}
+        self.by_operation: dict[str, PendingField] = {}
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def add(
+        self, key: FieldKey, value: Any, waiter: FieldWaiter, timestamp: float | None, now: float
+    ) -> None:
+        """Record a write to ``key`` at time ``now``."""
+        entry = self.pending.get(key)
+        if entry is None:
+            entry = self.pending[key] = PendingField(key, value, waiter.conn, timestamp, now, now)
+        else:
+            entry.value = value
+            entry.conn = waiter.conn
+            entry.timestamp = timestamp
+            entry.last_at = now
+        entry.waiters.append(waiter)
+        self.by_operation[waiter.operation_id] = entry
+
+    def next_deadline(self) -> float:
+        """When the earliest key must be flushed (``inf`` when nothing is pending)."""
+        deadline = float("inf")
+        window, hold = self.window_s, self.max_hold_s
+        for entry in self.pending.values():
+            due = min(entry.last_at + window, entry.first_at + hold)
+            if due < deadline:
+                deadline = due
+        return deadline
+
+    def take_all(self) -> list[PendingField]:
+        """Every pending key (the flush takes them all), oldest first."""
+        entries = list(self.pending.values())
+        self.pending.clear()
+        self.by_operation.clear()
+        return entries

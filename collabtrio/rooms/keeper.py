@@ -1,0 +1,448 @@
+"""A room's document task: validated operations, debounced fields and chat, persisted
+first, then broadcast with the room's next seq and confirmed.
+
+Theory of operation: the room task checks membership and roles and hands document
+commands to the keeper (:meth:`DocumentKeeper.submit`). The keeper's task takes every
+command waiting, plans the operations against an overlay of the committed document
+(refusals are answered at once and take no seq), adds field writes to the debouncer,
+and, when a field deadline has passed, takes every pending field too. Everything
+planned becomes one :class:`~collabtrio.storage.base.RoomChanges`, committed through
+the server's group-commit queue. Only after the commit does the keeper install the
+new state, broadcast the events and confirm each operation; if the commit fails,
+nothing is installed, every operation of the batch fails with ``STORAGE_UNAVAILABLE``
+(retryable) and the seq does not move. Commands that arrive while a commit is running
+form the next batch.
+
+Ownership: the keeper alone changes the document, ``seq``, history, operation records
+and chat tail; the room task alone changes membership and presence. Each change is
+made without an ``await`` inside it, so a join sees the document at some committed
+seq and receives every broadcast after it.
+
+Closing: :meth:`close` takes everything still pending (fields included) and commits
+it; the room calls it shielded, with a deadline, however the room ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..config import Config
+from ..errors import CollabError, ErrorCode
+from ..protocol.messages import ChatPayload, FieldPayload, OpPayload
+from ..storage.base import (
+    ChatMessage,
+    HistoryEntry,
+    OperationRecord,
+    RoomChanges,
+    RoomSnapshot,
+    StorageError,
+)
+from ..storage.writer import CommitQueue
+from ..transport.connection import Connection, event_frames
+from .debounce import FieldDebouncer, FieldWaiter, PendingField
+from .document import Document, Overlay, plan_field, plan_op, plan_replace
+
+if TYPE_CHECKING:
+    from .room import Member
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class OpCmd:
+    """A validated ``op`` from a member allowed to make it."""
+
+    conn: Connection
+    msg: OpPayload
+    ack_id: int | None
+
+
+@dataclass(slots=True)
+class FieldCmd:
+    """A validated ``field`` write."""
+
+    conn: Connection
+    msg: FieldPayload
+    ack_id: int | None
+
+
+@dataclass(slots=True)
+class ChatCmd:
+    """A validated ``chat`` message."""
+
+    conn: Connection
+    msg: ChatPayload
+    ack_id: int | None
+
+
+DocCommand = OpCmd | FieldCmd | ChatCmd
+
+
+def _identity(conn: Connection) -> tuple[str, str]:
+    ident = conn.identity
+    assert ident is not None
+    return ident.user_id, ident.name
+
+
+def chat_wire(room: str, message: ChatMessage) -> dict[str, Any]:
+    """A stored chat message as clients see it (join ack and ``chat-history``)."""
+    return {
+        "room": room,
+        "seq": message.seq,
+        "userId": message.user_id,
+        "userName": message.user_name,
+        "text": message.text,
+        "clientId": message.client_id,
+        "createdAt": message.created_at,
+    }
+
+
+class _Batch:
+    """What one commit carries, and what to do once it has committed."""
+
+    def __init__(self, keeper: DocumentKeeper) -> None:
+        self.overlay = Overlay(keeper.doc)
+        self.seq = keeper.seq
+        self.history: list[HistoryEntry] = []
+        self.operations: dict[str, OperationRecord] = {}
+        self.chat: list[ChatMessage] = []
+        self.deliveries: list[Callable[[], None]] = []
+        self.failures: list[Callable[[CollabError], None]] = []
+        self.late_answers: dict[str, list[tuple[Connection, int | None]]] = {}
+
+
+class DocumentKeeper:
+    """The document half of a room (see the module docstring)."""
+
+    def __init__(
+        self,
+        room_id: str,
+        members: dict[Connection, Member],
+        snapshot: RoomSnapshot,
+        *,
+        queue: CommitQueue,
+        config: Config,
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.room_id = room_id
+        self.members = members
+        self.queue = queue
+        self.config = config
+        self.wall_clock = wall_clock
+        self.doc = Document(snapshot.entities)
+        self.seq = snapshot.seq
+        self.history: deque[HistoryEntry] = deque(snapshot.history, maxlen=config.history_limit)
+        self.operations: OrderedDict[str, OperationRecord] = OrderedDict(
+            sorted(snapshot.operations.items(), key=lambda item: item[1].seq)
+        )
+        self.chat: deque[ChatMessage] = deque(
+            snapshot.chat, maxlen=max(1, config.chat_history_limit)
+        )
+        self.debouncer = FieldDebouncer(
+            config.field_debounce_ms / 1000, config.field_max_hold_ms / 1000
+        )
+        self._inbox: list[DocCommand] = []
+        self._wakeup = trio.lowlevel.ParkingLot()
+        self._lock = trio.Lock()
+        self.commits = 0
+
+    # -- intake --------------------------------------------------------------------------
+
+    def submit(self, cmd: DocCommand) -> None:
+        """Queue a command for the next batch (called by the room task)."""
+        self._inbox.append(cmd)
+        self._wakeup.unpark()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no field write pending."""
+        return not self._inbox and not self.debouncer.pending
+
+    # -- the task ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Process batches until cancelled (see :meth:`close` for the final flush)."""
+        while True:
+            if not self._inbox:
+                with trio.move_on_at(self.debouncer.next_deadline()):
+                    await self._wakeup.park()
+            await self.process(final=False)
+
+    async def close(self) -> None:
+        """Commit everything still queued or pending (call shielded, with a deadline)."""
+        await self.process(final=True)
+
+    async def flush(self) -> None:
+        """Commit what is pending now, without waiting for field deadlines."""
+        await self.process(final=True)
+
+    async def process(self, *, final: bool) -> None:
+        """One batch: plan, commit (shielded), then install and deliver, or fail all."""
+        async with self._lock:
+            batch = self._plan(final=final)
+            if not batch.history:
+                return
+            changes = RoomChanges(
+                room=self.room_id,
+                seq=batch.seq,
+                history_limit=self.config.history_limit,
+                entities=batch.overlay.writes,
+                replace_all=batch.overlay.replace_all,
+                history=batch.history,
+                operations=list(batch.operations.values()),
+                chat=batch.chat,
+            )
+            # once handed to the writer the transaction will finish: wait for its outcome
+            # even if this room is being cancelled, or state and storage would disagree
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.queue.commit([changes])
+                except StorageError as exc:
+                    log.warning("room %s: commit failed: %s", self.room_id, exc)
+                    err = CollabError(
+                        ErrorCode.STORAGE_UNAVAILABLE,
+                        "storage is unavailable; the operation was not applied, try again",
+                        retryable=True,
+                    )
+                    for fail in batch.failures:
+                        fail(err)
+                    return
+            self.commits += 1
+            self._install(batch)
+            for deliver in batch.deliveries:
+                deliver()
+
+    # -- planning (synchronous) ----------------------------------------------------------
+
+    def _plan(self, *, final: bool) -> _Batch:
+        batch = _Batch(self)
+        commands, self._inbox = self._inbox, []
+        now = trio.current_time()
+        for cmd in commands:
+            if isinstance(cmd, OpCmd):
+                self._plan_op(batch, cmd)
+            elif isinstance(cmd, FieldCmd):
+                self._add_field(batch, cmd, now)
+            else:
+                self._plan_chat(batch, cmd)
+        if self.debouncer.pending and (final or now >= self.debouncer.next_deadline()):
+            for entry in self.debouncer.take_all():
+                self._plan_field(batch, entry)
+        return batch
+
+    def _previous_result(self, operation_id: str) -> OperationRecord | None:
+        return self.operations.get(operation_id)
+
+    def _answer_repeat(
+        self, batch: _Batch, operation_id: str, conn: Connection, ack_id: int | None
+    ) -> bool:
+        """A repeated operation id gets the first result, never a second application."""
+        record = self._previous_result(operation_id)
+        if record is not None:
+            conn.confirm(ack_id, record.result)
+            return True
+        if operation_id in batch.operations or operation_id in batch.late_answers:
+            batch.late_answers.setdefault(operation_id, []).append((conn, ack_id))
+            return True
+        return False
+
+    def _next_seq(self, batch: _Batch) -> int:
+        batch.seq += 1
+        return batch.seq
+
+    def _plan_op(self, batch: _Batch, cmd: OpCmd) -> None:
+        msg, conn = cmd.msg, cmd.conn
+        op_id = msg.operation_id
+        if self._answer_repeat(batch, op_id, conn, cmd.ack_id):
+            return
+        try:
+            if msg.op == "replace":
+                if msg.collection != "*" or msg.id != "*":
+                    raise CollabError(ErrorCode.VALIDATION,
+                                      "replace: collection and id must be '*'")
+                plan_replace(batch.overlay, msg.data)
+            else:
+                plan_op(batch.overlay, msg.op, msg.collection, msg.id, msg.data)
+        except CollabError as err:
+            conn.reply_error(cmd.ack_id, err, "op", op_id)
+            return
+        seq = self._next_seq(batch)
+        now_ms = int(self.wall_clock() * 1000)
+        user_id, user_name = _identity(conn)
+        payload = {
+            "room": self.room_id,
+            "seq": seq,
+            "userId": user_id,
+            "userName": user_name,
+            "socketId": conn.sid,
+            "operationId": op_id,
+            "op": msg.op,
+            "collection": msg.collection,
+            "id": msg.id,
+            "data": msg.data,
+            "timestamp": msg.timestamp,
+            "serverTimestamp": now_ms,
+        }
+        result = {"ok": True, "operationId": op_id, "seq": seq, "serverTimestamp": now_ms}
+        self._record(batch, "op", payload, OperationRecord(op_id, seq, result))
+        ack_id = cmd.ack_id
+
+        def deliver() -> None:
+            self._broadcast("op", payload, exclude=conn)
+            conn.confirm(ack_id, result)
+            for other, other_ack in batch.late_answers.get(op_id, ()):
+                other.confirm(other_ack, result)
+
+        def fail(err: CollabError) -> None:
+            conn.reply_error(ack_id, err, "op", op_id)
+            for other, other_ack in batch.late_answers.get(op_id, ()):
+                other.reply_error(other_ack, err, "op", op_id)
+
+        batch.deliveries.append(deliver)
+        batch.failures.append(fail)
+
+    def _add_field(self, batch: _Batch, cmd: FieldCmd, now: float) -> None:
+        msg, conn = cmd.msg, cmd.conn
+        op_id = msg.operation_id
+        if self._answer_repeat(batch, op_id, conn, cmd.ack_id):
+            return
+        pending = self.debouncer.by_operation.get(op_id)
+        if pending is not None:
+            # a retry of a write still waiting: one more confirmation, same write
+            pending.waiters.append(FieldWaiter(conn, op_id, cmd.ack_id))
+            return
+        key = (msg.collection, msg.id, tuple(msg.path))
+        self.debouncer.add(key, msg.value, FieldWaiter(conn, op_id, cmd.ack_id),
+                           msg.timestamp, now)
+
+    def _plan_field(self, batch: _Batch, entry: PendingField) -> None:
+        collection, entity_id, path = entry.key
+        try:
+            plan_field(batch.overlay, collection, entity_id, list(path), entry.value)
+        except CollabError as err:
+            for w in entry.waiters:
+                w.conn.reply_error(w.ack_id, err, "field", w.operation_id)
+            return
+        seq = self._next_seq(batch)
+        now_ms = int(self.wall_clock() * 1000)
+        writer: Connection = entry.conn
+        user_id, user_name = _identity(writer)
+        last = entry.waiters[-1]
+        payload = {
+            "room": self.room_id,
+            "seq": seq,
+            "userId": user_id,
+            "userName": user_name,
+            "socketId": writer.sid,
+            "operationId": last.operation_id,
+            "collection": collection,
+            "id": entity_id,
+            "path": list(path),
+            "value": entry.value,
+            "timestamp": entry.timestamp,
+            "serverTimestamp": now_ms,
+        }
+        results: list[tuple[FieldWaiter, dict[str, Any]]] = []
+        seen: set[str] = set()
+        for w in entry.waiters:
+            result = {"ok": True, "operationId": w.operation_id, "seq": seq,
+                      "serverTimestamp": now_ms}
+            results.append((w, result))
+            if w.operation_id not in seen:
+                seen.add(w.operation_id)
+                batch.operations[w.operation_id] = OperationRecord(w.operation_id, seq, result)
+        batch.history.append(HistoryEntry(seq, "field", payload, now_ms / 1000))
+
+        def deliver() -> None:
+            # everyone but the sender of the winning value; a member whose own earlier
+            # value lost gets the winner too
+            self._broadcast("field", payload, exclude=writer)
+            for w, result in results:
+                w.conn.confirm(w.ack_id, result)
+
+        def fail(err: CollabError) -> None:
+            for w in entry.waiters:
+                w.conn.reply_error(w.ack_id, err, "field", w.operation_id)
+
+        batch.deliveries.append(deliver)
+        batch.failures.append(fail)
+
+    def _plan_chat(self, batch: _Batch, cmd: ChatCmd) -> None:
+        msg, conn = cmd.msg, cmd.conn
+        seq = self._next_seq(batch)
+        created = self.wall_clock()
+        user_id, user_name = _identity(conn)
+        message = ChatMessage(seq, user_id, user_name, msg.text, msg.client_id, created)
+        payload = chat_wire(self.room_id, message)
+        payload["socketId"] = conn.sid
+        batch.chat.append(message)
+        batch.history.append(HistoryEntry(seq, "chat", payload, created))
+        ack_id = cmd.ack_id
+        result = {"ok": True, "seq": seq, "clientId": msg.client_id}
+
+        def deliver() -> None:
+            self._broadcast("chat", payload, exclude=None)
+            if ack_id is not None:
+                conn.ack(ack_id, result)
+
+        def fail(err: CollabError) -> None:
+            conn.reply_error(ack_id, err, "chat")
+
+        batch.deliveries.append(deliver)
+        batch.failures.append(fail)
+
+    def _record(
+        self, batch: _Batch, event: str, payload: dict[str, Any], record: OperationRecord
+    ) -> None:
+        batch.history.append(HistoryEntry(record.seq, event, payload,
+                                          payload["serverTimestamp"] / 1000))
+        batch.operations[record.operation_id] = record
+
+    # -- after the commit (synchronous) --------------------------------------------------
+
+    def _install(self, batch: _Batch) -> None:
+        self.doc.apply(batch.overlay.writes, replace_all=batch.overlay.replace_all)
+        self.seq = batch.seq
+        self.history.extend(batch.history)
+        self.operations.update(batch.operations)
+        # operation records live as long as their history entry
+        oldest = self.seq - self.config.history_limit
+        while self.operations:
+            first = next(iter(self.operations.values()))
+            if first.seq > oldest:
+                break
+            self.operations.popitem(last=False)
+        self.chat.extend(batch.chat)
+
+    def _broadcast(
+        self, event: str, payload: dict[str, Any], *, exclude: Connection | None
+    ) -> None:
+        frames = event_frames(event, payload)
+        for conn in self.members:
+            if conn is not exclude:
+                conn.send_frames(frames)
+
+    # -- reads for joins -----------------------------------------------------------------
+
+    def missed_since(self, since: int) -> Iterable[HistoryEntry] | None:
+        """The events after ``since`` if all are still in history, else None."""
+        if since > self.seq:
+            return None
+        if since == self.seq:
+            return ()
+        if not self.history or self.history[0].seq > since + 1:
+            return None
+        return [entry for entry in self.history if entry.seq > since]
+
+    def chat_tail(self) -> list[dict[str, Any]]:
+        """The newest chat messages for the join ack."""
+        limit = self.config.chat_history_limit
+        if limit == 0:
+            return []
+        return [chat_wire(self.room_id, m) for m in list(self.chat)[-limit:]]

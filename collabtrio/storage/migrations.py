@@ -1,0 +1,201 @@
+"""Schema migrations, one ordered list per SQL dialect, and what the backends share.
+
+Version ``n`` of a database means the first ``n`` scripts of its dialect's list were
+applied, each in its own transaction together with the version bump (SQLite keeps the
+version in ``PRAGMA user_version``, PostgreSQL in the ``schema_migrations`` table). A
+database whose version is newer than ``len(list)`` is refused with
+:class:`~collabtrio.storage.base.StorageError`: an older collabtrio must not write to
+a schema it does not know.
+
+Rules for adding a migration: append, never edit a released script; keep the two
+lists the same length so a version number means the same schema on every backend.
+
+The tables (timestamps are float unix seconds, JSON columns are TEXT in SQLite and
+JSONB in PostgreSQL):
+
+- ``rooms(id, seq, created_at, updated_at)``: one row per room that ever committed.
+- ``entities(room, collection, id, data)``: one row per document entity.
+- ``history(room, seq, event, payload, created_at)``: the replay window, trimmed to
+  ``history_limit`` by every commit.
+- ``operations(room, operation_id, seq, result)``: first result of each operation id,
+  trimmed together with history (by ``seq``).
+- ``chat_messages(room, seq, user_id, user_name, text, client_id, created_at)``: never
+  trimmed; paged with ``chat_page``.
+- ``grants(pattern, user_id, role)`` and ``meta(key, value)`` holding
+  ``grants_version`` (an integer as text, bumped by every ``set_grant``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from .base import EntityWrite, StorageUnavailable
+
+SQLITE_MIGRATIONS: list[str] = [
+    # 1: the initial schema
+    """
+    CREATE TABLE rooms (
+        id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE entities (
+        room TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+        collection TEXT NOT NULL,
+        id TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (room, collection, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE history (
+        room TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (room, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE operations (
+        room TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+        operation_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        result TEXT NOT NULL,
+        PRIMARY KEY (room, operation_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX operations_room_seq ON operations (room, seq);
+    CREATE TABLE chat_messages (
+        room TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        user_name TEXT NOT NULL,
+        text TEXT NOT NULL,
+        client_id TEXT,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (room, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE grants (
+        pattern TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('read', 'write', 'admin')),
+        PRIMARY KEY (pattern, user_id)
+    );
+    CREATE INDEX grants_user ON grants (user_id);
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    INSERT INTO meta (key, value) VALUES ('grants_version', '0');
+    """,
+]
+
+POSTGRES_MIGRATIONS: list[str] = [
+    # 1: the initial schema
+    """
+    CREATE TABLE rooms (
+        id TEXT PRIMARY KEY,
+        seq BIGINT NOT NULL DEFAULT 0,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE entities (
+        room TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+        collection TEXT NOT NULL,
+        id TEXT NOT NULL,
+        data JSONB NOT NULL,
+        PRIMARY KEY (room, collection, id)
+    );
+    CREATE TABLE history (
+        room TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+        seq BIGINT NOT NULL,
+        event TEXT NOT NULL,
+        payload JSONB NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (room, seq)
+    );
+    CREATE TABLE operations (
+        room TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+        operation_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        result JSONB NOT NULL,
+        PRIMARY KEY (room, operation_id)
+    );
+    CREATE INDEX operations_room_seq ON operations (room, seq);
+    CREATE TABLE chat_messages (
+        room TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+        seq BIGINT NOT NULL,
+        user_id TEXT NOT NULL,
+        user_name TEXT NOT NULL,
+        text TEXT NOT NULL,
+        client_id TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (room, seq)
+    );
+    CREATE TABLE grants (
+        pattern TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('read', 'write', 'admin')),
+        PRIMARY KEY (pattern, user_id)
+    );
+    CREATE INDEX grants_user ON grants (user_id);
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    INSERT INTO meta (key, value) VALUES ('grants_version', '0');
+    """,
+]
+
+LATEST_VERSION = len(SQLITE_MIGRATIONS)
+assert len(POSTGRES_MIGRATIONS) == LATEST_VERSION, "keep the dialects in step"
+
+ROLES = ("read", "write", "admin")
+
+
+def too_new_message(where: str, version: int, known: int) -> str:
+    """The refusal for a database migrated by a newer collabtrio."""
+    return (
+        f"{where} is at schema version {version}, newer than this collabtrio knows "
+        f"({known}); upgrade collabtrio, or point it at another database or a backup"
+    )
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON for a stored column; :class:`StorageUnavailable` if ``value`` is
+    not JSON (NaN and infinities included: PostgreSQL's JSONB rejects them, and every
+    backend must accept the same data)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StorageUnavailable(f"cannot store a value that is not JSON: {exc}") from exc
+
+
+def loads(text: str) -> Any:
+    """The inverse of :func:`dumps`."""
+    return json.loads(text)
+
+
+def entity_rows(
+    entities: Sequence[EntityWrite],
+) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """Collapse a :class:`RoomChanges`' entity writes to their final state (a later
+    write to the same key wins): ``(deletes [(collection, id)], sets [(collection, id,
+    json)])``, each key in at most one of them, in first-write order."""
+    final: dict[tuple[str, str], dict[str, Any] | None] = {}
+    for write in entities:
+        final[(write.collection, write.id)] = write.data
+    deletes: list[tuple[str, str]] = []
+    sets: list[tuple[str, str, str]] = []
+    for (collection, entity_id), data in final.items():
+        if data is None:
+            deletes.append((collection, entity_id))
+        else:
+            sets.append((collection, entity_id, dumps(data)))
+    return deletes, sets
+
+
+def check_role(role: str | None) -> None:
+    """``ValueError`` unless ``role`` is a role or None (a caller's bug, not storage's)."""
+    if role is not None and role not in ROLES:
+        raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)} or None")

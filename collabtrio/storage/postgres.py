@@ -1,0 +1,443 @@
+"""PostgreSQL storage: psycopg 3's sync API and a ``psycopg_pool`` on worker threads.
+
+Theory of operation
+-------------------
+psycopg's ``AsyncConnection`` needs an asyncio loop, so the store uses the sync API:
+every call runs in ``trio.to_thread.run_sync`` under a ``CapacityLimiter`` as large as
+the pool (``max_size`` 4), takes a connection from the pool for the duration of the
+call and gives it back. Invariants:
+
+- Connections are in autocommit mode; every multi-statement call runs inside one
+  ``conn.transaction()`` (``commit`` in a pipeline as well: one round trip for most
+  commits). An error rolls the transaction back before the connection goes back.
+- A broken connection is never handed out twice: the pool checks each connection
+  when it is taken (``ConnectionPool.check_connection``) and drops a connection that
+  broke during a call; it reconnects in the background, so the store recovers by
+  itself once the server is back.
+- Start-up (connect, create the ``schema=`` schema if missing, migrate under an
+  advisory lock, open the pool) raises :class:`StorageError` with the server named
+  and what to do, within ``connect_timeout`` + ``open_timeout`` seconds.
+- At run time every driver or pool error (server down, connection lost, pool
+  timeout, a constraint violated by the data) raises :class:`StorageUnavailable`.
+
+URLs: ``postgresql://user@host:port/db?...`` (``postgres://`` too) with any libpq
+parameter, plus ``schema=NAME``: tables live in that schema (``search_path``), created
+at open when missing. ``options=-csearch_path%3DNAME`` works as well (the schema must
+then exist).
+
+JSON columns are JSONB: object key order is not kept (JSONB sorts keys), numbers come
+back as they print in PostgreSQL (a float written as ``1e+16`` returns as the int
+``10000000000000000``), and strings cannot hold ``\\u0000`` (commit raises
+:class:`StorageUnavailable`); TEXT columns cannot hold NUL characters either.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import psycopg_pool
+import trio
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import Jsonb
+
+from .base import (
+    ChatMessage,
+    HistoryEntry,
+    OperationRecord,
+    Role,
+    RoomChanges,
+    RoomSnapshot,
+    StorageError,
+    StorageUnavailable,
+)
+from .migrations import (
+    LATEST_VERSION,
+    POSTGRES_MIGRATIONS,
+    check_role,
+    dumps,
+    entity_rows,
+    too_new_message,
+)
+
+T = TypeVar("T")
+
+POOL_MIN_SIZE = 1
+POOL_MAX_SIZE = 4
+CONNECT_TIMEOUT_S = 5  # libpq connect_timeout, unless the URL sets one
+OPEN_TIMEOUT_S = 10.0  # for the pool's first connection at start-up
+CALL_TIMEOUT_S = 5.0  # waiting for a pooled connection at run time
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def parse_url(url: str) -> tuple[str, str | None, str]:
+    """``(conninfo for libpq, schema or None, a description without password)``.
+
+    :class:`StorageError` for a URL libpq would not take or a bad ``schema=`` name.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise StorageError(f"bad PostgreSQL URL {url!r}: use postgresql://user@host/db")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [v for k, v in query if k == "schema"]
+    schema = schemas[-1] if schemas else None
+    if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+        raise StorageError(
+            f"bad schema name {schema!r} in the PostgreSQL URL: use letters, digits and _"
+        )
+    rest = [(k, v) for k, v in query if k != "schema"]
+    plain = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
+    try:
+        params: dict[str, Any] = conninfo_to_dict(plain)
+    except psycopg.Error as exc:
+        raise StorageError(f"bad PostgreSQL URL: {exc}") from exc
+    if schema is not None:
+        params["options"] = f"{params.get('options', '')} -csearch_path={schema}".strip()
+    params.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+    params.setdefault("application_name", "collabtrio")
+    where = (
+        f"postgresql://{params.get('user') or ''}@{params.get('host') or 'localhost'}"
+        f":{params.get('port') or 5432}/{params.get('dbname') or ''}"
+    )
+    if schema is not None:
+        where += f" (schema {schema})"
+    return make_conninfo("", **params), schema, where
+
+
+class PostgresStore:
+    """An open PostgreSQL database (see the module docstring).
+
+    Resource handling: :meth:`open` returns a store owning a connection pool (and its
+    background threads); :meth:`close` closes it (idempotent).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        pool: psycopg_pool.ConnectionPool,
+        where: str,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        call_timeout: float = CALL_TIMEOUT_S,
+    ) -> None:
+        self.url = url
+        self.where = where
+        self._pool: psycopg_pool.ConnectionPool | None = pool
+        self._limiter = trio.CapacityLimiter(POOL_MAX_SIZE)
+        self._wall_clock = wall_clock
+        self._call_timeout = call_timeout
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        open_timeout: float = OPEN_TIMEOUT_S,
+        call_timeout: float = CALL_TIMEOUT_S,
+    ) -> PostgresStore:
+        """Connect, migrate and open the pool; :class:`StorageError` if impossible."""
+        conninfo, schema, where = parse_url(url)
+        pool = await trio.to_thread.run_sync(
+            _start, conninfo, schema, where, open_timeout, call_timeout
+        )
+        return cls(url, pool, where, wall_clock=wall_clock, call_timeout=call_timeout)
+
+    async def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        pool = self._pool
+        if pool is None:
+            raise StorageUnavailable("the PostgreSQL store is closed")
+
+        def call() -> T:
+            try:
+                with pool.connection(timeout=self._call_timeout) as conn:
+                    return fn(conn)
+            except psycopg.Error as exc:  # PoolTimeout and PoolClosed included
+                raise StorageUnavailable(f"PostgreSQL {self.where}: {exc}") from exc
+
+        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+    async def ping(self) -> None:
+        """Run a trivial query."""
+        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+
+    async def schema_version(self) -> int:
+        """The highest version in ``schema_migrations``."""
+        row = await self._run(
+            lambda c: c.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            .fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    async def load_room(self, room: str, *, history_limit: int, chat_limit: int) -> RoomSnapshot:
+        """See :meth:`Store.load_room`; one REPEATABLE READ transaction."""
+        return await self._run(lambda c: _load_room(c, room, history_limit, chat_limit))
+
+    async def commit(self, changes: Sequence[RoomChanges]) -> None:
+        """See :meth:`Store.commit`: one transaction, sent as a pipeline.
+
+        Raises :class:`StorageUnavailable` (rolled back, nothing written) on any error,
+        including a constraint violated by the data (a history ``seq`` already stored)
+        and data PostgreSQL or JSON cannot hold.
+        """
+        if not changes:
+            return
+        now = self._wall_clock()
+        await self._run(lambda c: _commit(c, changes, now))
+
+    async def chat_page(self, room: str, *, before: int | None, limit: int) -> list[ChatMessage]:
+        """See :meth:`Store.chat_page`."""
+        return await self._run(lambda c: _chat_page(c, room, before, limit))
+
+    async def grants_for(self, user_id: str) -> dict[str, Role]:
+        """See :meth:`Store.grants_for`."""
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT pattern, role FROM grants WHERE user_id = %s", (user_id,)
+            ).fetchall()
+        )
+        return {pattern: cast(Role, role) for pattern, role in rows}
+
+    async def set_grant(self, pattern: str, user_id: str, role: Role | None) -> None:
+        """See :meth:`Store.set_grant`; ``ValueError`` for an unknown role."""
+        check_role(role)
+        await self._run(lambda c: _set_grant(c, pattern, user_id, role))
+
+    async def grants_version(self) -> int:
+        """See :meth:`Store.grants_version`."""
+        row = await self._run(
+            lambda c: c.execute("SELECT value FROM meta WHERE key = 'grants_version'").fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    async def close(self) -> None:
+        """Close the pool and its connections (idempotent)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await trio.to_thread.run_sync(pool.close)
+
+
+# -- run in worker threads --------------------------------------------------------------
+
+
+def _json(text: str) -> Jsonb:
+    """A JSONB parameter from JSON text already made by :func:`dumps`."""
+    return Jsonb(text, dumps=_identity)
+
+
+def _identity(text: Any) -> str:
+    return cast(str, text)
+
+
+_UPSERT_ROOM = (
+    "INSERT INTO rooms (id, seq, created_at, updated_at) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at"
+)
+_UPSERT_ENTITY = (
+    "INSERT INTO entities (room, collection, id, data) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (room, collection, id) DO UPDATE SET data = excluded.data"
+)
+
+
+def _commit(conn: psycopg.Connection[Any], changes: Sequence[RoomChanges], now: float) -> None:
+    with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+        for ch in changes:
+            room = ch.room
+            cur.execute(_UPSERT_ROOM, (room, ch.seq, now, now))
+            deletes, sets = entity_rows(ch.entities)
+            if ch.replace_all:
+                cur.execute("DELETE FROM entities WHERE room = %s", (room,))
+            elif deletes:
+                cur.executemany(
+                    "DELETE FROM entities WHERE room = %s AND collection = %s AND id = %s",
+                    [(room, collection, eid) for collection, eid in deletes],
+                )
+            if sets:
+                cur.executemany(
+                    _UPSERT_ENTITY, [(room, col, eid, _json(data)) for col, eid, data in sets]
+                )
+            if ch.history:
+                cur.executemany(
+                    "INSERT INTO history (room, seq, event, payload, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    [
+                        (room, h.seq, h.event, _json(dumps(h.payload)), h.created_at)
+                        for h in ch.history
+                    ],
+                )
+            if ch.operations:
+                cur.executemany(
+                    "INSERT INTO operations (room, operation_id, seq, result) "
+                    "VALUES (%s, %s, %s, %s)",
+                    [(room, o.operation_id, o.seq, _json(dumps(o.result))) for o in ch.operations],
+                )
+            if ch.chat:
+                cur.executemany(
+                    "INSERT INTO chat_messages "
+                    "(room, seq, user_id, user_name, text, client_id, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    [
+                        (room, m.seq, m.user_id, m.user_name, m.text, m.client_id, m.created_at)
+                        for m in ch.chat
+                    ],
+                )
+            cutoff = ch.seq - ch.history_limit
+            cur.execute("DELETE FROM history WHERE room = %s AND seq <= %s", (room, cutoff))
+            cur.execute("DELETE FROM operations WHERE room = %s AND seq <= %s", (room, cutoff))
+
+
+_CHAT_COLUMNS = "seq, user_id, user_name, text, client_id, created_at"
+
+
+def _chat_rows(rows: list[tuple[Any, ...]]) -> list[ChatMessage]:
+    return [ChatMessage(*row) for row in reversed(rows)]
+
+
+def _load_room(
+    conn: psycopg.Connection[Any], room: str, history_limit: int, chat_limit: int
+) -> RoomSnapshot:
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = conn.execute("SELECT seq FROM rooms WHERE id = %s", (room,)).fetchone()
+        if row is None:
+            return RoomSnapshot()
+        snap = RoomSnapshot(seq=int(row[0]))
+        for collection, eid, data in conn.execute(
+            "SELECT collection, id, data FROM entities WHERE room = %s", (room,)
+        ):
+            snap.entities.setdefault(collection, {})[eid] = data
+        history = conn.execute(
+            "SELECT seq, event, payload, created_at FROM history WHERE room = %s "
+            "ORDER BY seq DESC LIMIT %s",
+            (room, max(history_limit, 0)),
+        ).fetchall()
+        snap.history = [HistoryEntry(*h) for h in reversed(history)]
+        for operation_id, seq, result in conn.execute(
+            "SELECT operation_id, seq, result FROM operations WHERE room = %s AND seq > %s",
+            (room, snap.seq - history_limit),
+        ):
+            snap.operations[operation_id] = OperationRecord(operation_id, seq, result)
+        chat = conn.execute(
+            f"SELECT {_CHAT_COLUMNS} FROM chat_messages WHERE room = %s "
+            "ORDER BY seq DESC LIMIT %s",
+            (room, max(chat_limit, 0)),
+        ).fetchall()
+        snap.chat = _chat_rows(chat)
+        return snap
+
+
+def _chat_page(
+    conn: psycopg.Connection[Any], room: str, before: int | None, limit: int
+) -> list[ChatMessage]:
+    if before is None:
+        rows = conn.execute(
+            f"SELECT {_CHAT_COLUMNS} FROM chat_messages WHERE room = %s "
+            "ORDER BY seq DESC LIMIT %s",
+            (room, max(limit, 0)),
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            f"SELECT {_CHAT_COLUMNS} FROM chat_messages WHERE room = %s AND seq < %s "
+            "ORDER BY seq DESC LIMIT %s",
+            (room, before, max(limit, 0)),
+        ).fetchall()
+    return _chat_rows(rows)
+
+
+def _set_grant(
+    conn: psycopg.Connection[Any], pattern: str, user_id: str, role: Role | None
+) -> None:
+    with conn.transaction():
+        if role is None:
+            conn.execute(
+                "DELETE FROM grants WHERE pattern = %s AND user_id = %s", (pattern, user_id)
+            )
+        else:
+            conn.execute(
+                "INSERT INTO grants (pattern, user_id, role) VALUES (%s, %s, %s) "
+                "ON CONFLICT (pattern, user_id) DO UPDATE SET role = excluded.role",
+                (pattern, user_id, role),
+            )
+        conn.execute(
+            "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'grants_version'"
+        )
+
+
+# -- start-up ---------------------------------------------------------------------------
+
+
+def _start(
+    conninfo: str, schema: str | None, where: str, open_timeout: float, call_timeout: float
+) -> psycopg_pool.ConnectionPool:
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            if schema is not None:
+                _ensure_schema(conn, schema)
+            _migrate(conn, where)
+    except psycopg.OperationalError as exc:
+        raise StorageError(
+            f"cannot connect to PostgreSQL {where}: {str(exc).strip()}; is the server "
+            f"running and reachable, and do the user, password and database exist?"
+        ) from exc
+    except psycopg.Error as exc:
+        raise StorageError(
+            f"cannot prepare PostgreSQL {where}: {str(exc).strip()}; does the user have "
+            f"the rights to create tables there?"
+        ) from exc
+    pool = psycopg_pool.ConnectionPool(
+        conninfo,
+        min_size=POOL_MIN_SIZE,
+        max_size=POOL_MAX_SIZE,
+        kwargs={"autocommit": True},
+        check=psycopg_pool.ConnectionPool.check_connection,
+        timeout=call_timeout,
+        name="collabtrio",
+        open=False,
+    )
+    try:
+        pool.open(wait=True, timeout=open_timeout)
+    except BaseException as exc:
+        pool.close()
+        if isinstance(exc, psycopg.Error):
+            raise StorageError(f"cannot open a connection pool to PostgreSQL {where}: {exc}") \
+                from exc
+        raise
+    return pool
+
+
+def _ensure_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+    exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+    if exists is None:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+
+
+def _migrate(conn: psycopg.Connection[Any], where: str) -> None:
+    while True:
+        with conn.transaction():
+            # one migrator per schema at a time; the lock goes with the transaction
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('collabtrio.migrate.' || "
+                "coalesce(current_schema(), '')))"
+            )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")\
+                .fetchone()
+            version = int(row[0]) if row else 0
+            if version > LATEST_VERSION:
+                raise StorageError(too_new_message(f"PostgreSQL {where}", version,
+                                                   LATEST_VERSION))
+            if version == LATEST_VERSION:
+                return
+            conn.execute(cast(Any, POSTGRES_MIGRATIONS[version]))
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
+                (version + 1, time.time()),
+            )

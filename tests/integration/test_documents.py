@@ -1,0 +1,454 @@
+"""Documents: operations, debounced fields, chat, history and replay, idempotency,
+storage failures. In-process server, in-memory store, mock clock."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from collabtrio.client import Client
+from collabtrio.storage.memory import MemoryStore, forget
+from collabtrio.testing import open_test_server
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+def _op(room: str, op_id: str, op: str, coll: str, eid: str, data: Any = None) -> dict[str, Any]:
+    return {"room": room, "operationId": op_id, "op": op, "collection": coll, "id": eid,
+            "data": data}
+
+
+async def _settle() -> None:
+    await trio.testing.wait_all_tasks_blocked()
+
+
+def _events(client: Client, name: str) -> list[Any]:
+    return [data for event, data in client.pending_events() if event == name]
+
+
+async def test_operations_are_persisted_broadcast_and_acked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore()
+    async with open_test_server(store=store) as server:
+        async with server.client("alice") as alice, server.client("bob") as bob:
+            await alice.join("doc")
+            await bob.join("doc")
+            ack = await alice.call("op", _op("doc", "o1", "add", "shapes", "s1", {"x": 1}))
+            assert ack["ok"] is True
+            assert ack["seq"] == 1
+            assert ack["operationId"] == "o1"
+            got = await bob.next_event("op")
+            assert got["seq"] == 1
+            assert got["op"] == "add"
+            assert got["data"] == {"x": 1}
+            assert got["userId"] == "alice"
+            assert got["socketId"] == alice.sid
+
+            ack = await alice.call("op", _op("doc", "o2", "update", "shapes", "s1",
+                                             {"y": 2, "x": None}))
+            assert ack["seq"] == 2
+            ack = await alice.call("op", _op("doc", "o3", "duplicate", "shapes", "s1",
+                                             {"newId": "s2"}))
+            assert ack["seq"] == 3
+            ack = await alice.call("op", _op("doc", "o4", "remove", "shapes", "s1"))
+            assert ack["seq"] == 4
+            await _settle()
+            assert [e["seq"] for e in _events(bob, "op")] == [2, 3, 4]
+            assert _events(alice, "op") == []  # the sender gets the ack, not the event
+
+            # a newcomer gets the state in its join ack
+            async with server.client("carol") as carol:
+                joined = await carol.join("doc")
+                assert joined["seq"] == 4
+                assert joined["state"] == {"shapes": {"s2": {"y": 2}}}
+                assert joined["recovered"] is False
+    snapshot = await store.load_room("doc", history_limit=10, chat_limit=10)
+    assert snapshot.seq == 4
+    assert snapshot.entities == {"shapes": {"s2": {"y": 2}}}
+
+
+async def test_refused_operations_take_no_seq(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server() as server:
+        async with server.client("alice") as alice, server.client("reader",
+                                                                   rooms={"doc": "read"}) as r:
+            await alice.join("doc")
+            await r.join("doc")
+
+            async def code(payload: dict[str, Any], client: Client = alice) -> str:
+                ack = await client.call("op", payload)
+                assert ack["ok"] is False
+                return str(ack["error"]["code"])
+
+            assert (await alice.call("op", _op("doc", "a", "add", "c", "1", {})))["seq"] == 1
+            assert await code(_op("doc", "b", "add", "c", "1", {})) == "DUPLICATE"
+            assert await code(_op("doc", "c", "update", "c", "404", {})) == "NOT_FOUND"
+            assert await code(_op("doc", "d", "remove", "c", "404")) == "NOT_FOUND"
+            assert await code(_op("doc", "e", "update", "c", "1", [1, 2])) == "VALIDATION"
+            assert await code(_op("doc", "f", "explode", "c", "1")) == "VALIDATION"
+            assert await code(_op("doc", "g", "add", "c", "2", {}), r) == "FORBIDDEN"
+            assert await code(_op("doc", "h", "replace", "*", "*", {})) == "FORBIDDEN"
+            assert await code({"room": "doc", "op": "add"}) == "VALIDATION"  # no operationId
+            assert (await alice.call("op", _op("doc", "i", "add", "c", "2", {})))["seq"] == 2
+
+
+async def test_replace_needs_admin_and_replaces_everything(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as server:
+        async with server.client("boss", rooms={"doc": "admin"}) as boss:
+            await boss.join("doc")
+            await boss.call("op", _op("doc", "1", "add", "a", "x", {"v": 1}))
+            ack = await boss.call("op", _op("doc", "2", "replace", "*", "*",
+                                            {"b": {"y": {"v": 2}}}))
+            assert ack["ok"] is True
+            async with server.client("other") as other:
+                assert (await other.join("doc"))["state"] == {"b": {"y": {"v": 2}}}
+
+
+async def test_gapless_seq_under_concurrent_writers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as server:
+        names = [f"w{i}" for i in range(5)]
+        acks: dict[str, list[int]] = {}
+        seen: dict[str, list[int]] = {}
+        async with server.client("watcher") as watcher:
+            await watcher.join("doc")
+
+            async def writer(name: str) -> None:
+                async with server.client(name) as c:
+                    await c.join("doc")
+                    acks[name] = []
+                    async with trio.open_nursery() as nursery:
+                        for i in range(20):
+                            async def one(i: int = i) -> None:
+                                ack = await c.call("op", _op("doc", f"{name}-{i}", "add",
+                                                             "items", f"{name}-{i}", {"i": i}))
+                                acks[name].append(ack["seq"])
+                            nursery.start_soon(one)
+
+            async with trio.open_nursery() as nursery:
+                for name in names:
+                    nursery.start_soon(writer, name)
+            await _settle()
+            seen["watcher"] = [e["seq"] for e in _events(watcher, "op")]
+        all_seqs = sorted(s for seqs in acks.values() for s in seqs)
+        assert all_seqs == list(range(1, 101))
+        assert seen["watcher"] == list(range(1, 101))  # in order, no gap
+
+
+async def test_move_is_relayed_at_once_and_stored_on_commit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as server:
+        async with server.client("alice") as alice, server.client("bob") as bob:
+            await alice.join("doc")
+            await bob.join("doc")
+            await alice.call("op", _op("doc", "a", "add", "n", "1", {"position": [0, 0]}))
+            await _settle()
+            bob.pending_events()
+            ack = await alice.call("op", _op("doc", "m1", "move", "n", "1",
+                                             {"position": [5, 5]}))
+            assert ack == {"ok": True, "operationId": "m1", "seq": None}
+            got = await bob.next_event("op")
+            assert got["seq"] is None
+            assert got["data"] == {"position": [5, 5]}
+            ack = await alice.call("op", _op("doc", "m2", "move", "n", "1",
+                                             {"position": [9, 9], "commit": True}))
+            assert ack["seq"] == 2
+            await _settle()
+            moves = _events(bob, "op")
+            assert [m["seq"] for m in moves] == [None, 2]  # relayed, then stored with a seq
+            async with server.client("carol") as carol:
+                state = (await carol.join("doc"))["state"]
+                assert state["n"]["1"]["position"] == [9, 9]
+
+
+async def test_field_writes_are_coalesced_and_all_confirmed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as server:
+        async with server.client("alice") as alice, server.client("bob") as bob:
+            await alice.join("doc")
+            await bob.join("doc")
+            await alice.call("op", _op("doc", "a", "add", "vars", "v", {"value": 0}))
+            await _settle()
+            bob.pending_events()
+            commits_before = server.server.commits.transactions  # type: ignore[union-attr]
+            start = trio.current_time()
+            confirmed: list[dict[str, Any]] = []
+
+            async def write(i: int) -> None:
+                await trio.sleep(i * 0.0004)  # 50 writes within 20 ms
+                ack = await alice.call("field", {"room": "doc", "operationId": f"f{i}",
+                                                 "collection": "vars", "id": "v",
+                                                 "path": ["value"], "value": i})
+                confirmed.append(ack)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(50):
+                    nursery.start_soon(write, i)
+            assert len(confirmed) == 50
+            assert all(a["ok"] for a in confirmed)
+            assert {a["operationId"] for a in confirmed} == {f"f{i}" for i in range(50)}
+            # the trailing window: flushed 25 ms after the last write, not before
+            assert trio.current_time() - start == pytest.approx(0.0196 + 0.025, abs=0.002)
+            await _settle()
+            fields = _events(bob, "field")
+            assert 1 <= len(fields) <= 3
+            assert fields[-1]["value"] == 49
+            assert fields[-1]["path"] == ["value"]
+            transactions = server.server.commits.transactions - commits_before  # type: ignore[union-attr]
+            assert transactions <= 3
+            async with server.client("carol") as carol:
+                assert (await carol.join("doc"))["state"]["vars"]["v"] == {"value": 49}
+
+
+async def test_field_is_never_held_longer_than_the_max(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(field_debounce_ms=25, field_max_hold_ms=250) as server:
+        async with server.client("alice") as alice, server.client("bob") as bob:
+            await alice.join("doc")
+            await bob.join("doc")
+            await alice.call("op", _op("doc", "a", "add", "vars", "v", {}))
+            await _settle()
+            bob.pending_events()
+            start = trio.current_time()
+            arrivals: list[float] = []
+
+            async def watch() -> None:
+                while True:
+                    await bob.next_event("field", timeout=5)
+                    arrivals.append(trio.current_time() - start)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                for i in range(100):  # a steady stream: one write every 10 ms for 1 s
+                    await alice.emit("field", {"room": "doc", "operationId": f"f{i}",
+                                               "collection": "vars", "id": "v",
+                                               "path": ["x"], "value": i})
+                    await trio.sleep(0.01)
+                await trio.sleep(0.5)
+                nursery.cancel_scope.cancel()
+            # the trailing window never closes, so the hold limit flushes every 250 ms
+            assert arrivals[0] == pytest.approx(0.25, abs=0.01)
+            gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+            assert all(g <= 0.26 for g in gaps)
+            assert 4 <= len(arrivals) <= 6
+
+
+async def test_field_winner_reaches_the_losing_sender_but_not_the_winner(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as server:
+        async with server.client("alice") as alice, server.client("bob") as bob:
+            await alice.join("doc")
+            await bob.join("doc")
+            await alice.call("op", _op("doc", "a", "add", "vars", "v", {}))
+            await _settle()
+            for c in (alice, bob):
+                c.pending_events()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(alice.call, "field", {
+                    "room": "doc", "operationId": "fa", "collection": "vars", "id": "v",
+                    "path": ["k"], "value": "alice"})
+                await trio.sleep(0.005)
+                nursery.start_soon(bob.call, "field", {
+                    "room": "doc", "operationId": "fb", "collection": "vars", "id": "v",
+                    "path": ["k"], "value": "bob"})
+            await _settle()
+            assert [f["value"] for f in _events(alice, "field")] == ["bob"]
+            assert _events(bob, "field") == []
+
+
+async def test_field_on_a_missing_entity_is_not_found(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as server, server.client("alice") as alice:
+        await alice.join("doc")
+        ack = await alice.call("field", {"room": "doc", "operationId": "f", "collection": "x",
+                                         "id": "nope", "path": ["a"], "value": 1})
+        assert ack["error"]["code"] == "NOT_FOUND"
+
+
+async def test_replay_since_and_full_state_when_too_old(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(history_limit=5) as server:
+        async with server.client("bob") as bob:
+            await bob.join("doc")
+            async with server.client("alice") as alice:
+                first = await alice.join("doc")
+                assert first["seq"] == 0
+            for i in range(3):
+                await bob.call("op", _op("doc", f"b{i}", "add", "c", str(i), {"i": i}))
+            async with server.client("alice") as alice:
+                ack = await alice.call("join", {"room": "doc", "since": 0})
+                # the missed events arrived before the ack, in order
+                replayed = [d for e, d in alice.pending_events() if e == "op"]
+                assert [e["seq"] for e in replayed] == [1, 2, 3]
+                assert ack["recovered"] is True
+                assert ack["seq"] == 3
+                assert ack["state"] is None
+            for i in range(3, 10):
+                await bob.call("op", _op("doc", f"b{i}", "add", "c", str(i), {"i": i}))
+            async with server.client("alice") as alice:
+                ack = await alice.call("join", {"room": "doc", "since": 3})
+                assert ack["recovered"] is False  # seqs 4 and 5 are gone from history
+                assert len(ack["state"]["c"]) == 10
+                assert [d for e, d in alice.pending_events() if e == "op"] == []
+                ack = await alice.call("join", {"room": "doc", "since": 10})
+                assert ack["recovered"] is True
+
+
+async def test_repeated_operation_id_is_applied_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as server:
+        async with server.client("alice") as alice, server.client("bob") as bob:
+            await alice.join("doc")
+            await bob.join("doc")
+            first = await alice.call("op", _op("doc", "same", "add", "c", "1", {"n": 1}))
+            again = await alice.call("op", _op("doc", "same", "add", "c", "1", {"n": 1}))
+            assert again == first
+            # same id, different content: still the first answer, nothing applied
+            other = await alice.call("op", _op("doc", "same", "add", "c", "2", {}))
+            assert other == first
+            await _settle()
+            assert len(_events(bob, "op")) == 1
+            assert (await alice.call("op", _op("doc", "next", "add", "c", "3", {})))["seq"] == 2
+
+
+async def test_idempotency_survives_a_restart(autojump_clock: trio.testing.MockClock) -> None:
+    url = "memory://restart-idempotency"
+    try:
+        async with open_test_server(store=MemoryStore(url)) as server:
+            async with server.client("alice") as alice:
+                await alice.join("doc")
+                first = await alice.call("op", _op("doc", "op-1", "add", "c", "1", {}))
+        async with open_test_server(store=MemoryStore(url)) as server:
+            async with server.client("alice") as alice:
+                joined = await alice.join("doc")
+                assert joined["seq"] == 1
+                again = await alice.call("op", _op("doc", "op-1", "add", "c", "1", {}))
+                assert again == first
+                assert (await alice.call("op", _op("doc", "op-2", "add", "c", "2", {})))[
+                    "seq"] == 2
+    finally:
+        forget(url)
+
+
+async def test_chat_reaches_everyone_and_has_history(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(chat_history_limit=3) as server:
+        async with server.client("alice") as alice, server.client("bob") as bob:
+            await alice.join("room")
+            await bob.join("room")
+            for i in range(5):
+                ack = await alice.call("chat", {"room": "room", "text": f"hello {i}",
+                                                "clientId": f"c{i}"})
+                assert ack["ok"] is True
+                assert ack["seq"] == i + 1
+            await _settle()
+            for c in (alice, bob):  # the sender too
+                texts = [m["text"] for m in _events(c, "chat")]
+                assert texts == [f"hello {i}" for i in range(5)]
+            async with server.client("carol") as carol:
+                joined = await carol.join("room")
+                assert [m["text"] for m in joined["chat"]] == ["hello 2", "hello 3", "hello 4"]
+                page = await carol.call("chat-history", {"room": "room", "before": 3,
+                                                         "limit": 10})
+                assert [m["text"] for m in page["messages"]] == ["hello 0", "hello 1"]
+                assert page["messages"][0]["userId"] == "alice"
+
+
+async def test_un_acked_operations_get_the_origin_servers_events(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore()
+    async with open_test_server(store=store) as server:
+        async with server.client("alice") as alice, server.client("r", rooms={"doc": "read"}) as r:
+            await alice.join("doc")
+            await r.join("doc")
+            await alice.emit("op", _op("doc", "x1", "add", "c", "1", {}))
+            confirmed = await alice.next_event("operation-confirmed")
+            assert confirmed["operationId"] == "x1"
+            assert confirmed["seq"] == 1
+            await r.emit("op", _op("doc", "x2", "add", "c", "2", {}))
+            forbidden = await r.next_event("operation-forbidden")
+            assert forbidden["operationId"] == "x2"
+            await alice.emit("op", _op("doc", "x3", "add", "c", "1", {}))
+            error = await alice.next_event("operation-error")
+            assert error["type"] == "DUPLICATE"
+            store.fail_next(1)
+            await alice.emit("op", _op("doc", "x4", "add", "c", "4", {}))
+            failed = await alice.next_event("operation-failed")
+            assert failed["operationId"] == "x4"
+            assert failed["retryable"] is True
+
+
+async def test_storage_failure_fails_the_batch_and_recovers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore()
+    async with open_test_server(store=store) as server:
+        async with server.client("alice") as alice, server.client("bob") as bob:
+            await alice.join("doc")
+            await bob.join("doc")
+            store.fail_next(1)
+            ack = await alice.call("op", _op("doc", "o1", "add", "c", "1", {}))
+            assert ack["ok"] is False
+            assert ack["error"]["code"] == "STORAGE_UNAVAILABLE"
+            assert ack["error"]["retryable"] is True
+            await _settle()
+            assert _events(bob, "op") == []  # nothing was broadcast
+            # the retry with the same id is applied now, at seq 1: no gap
+            ack = await alice.call("op", _op("doc", "o1", "add", "c", "1", {}))
+            assert ack["ok"] is True
+            assert ack["seq"] == 1
+
+
+async def test_closing_room_flushes_pending_fields(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore()
+    async with open_test_server(store=store, field_debounce_ms=1000,
+                                field_max_hold_ms=5000) as server:
+        async with server.client("alice") as alice:
+            await alice.join("doc")
+            await alice.call("op", _op("doc", "a", "add", "vars", "v", {}))
+            await alice.emit("field", {"room": "doc", "operationId": "f1", "collection": "vars",
+                                       "id": "v", "path": ["k"], "value": "kept"})
+            await _settle()
+    # the server (and the room) was cancelled before the field's deadline
+    snapshot = await store.load_room("doc", history_limit=10, chat_limit=0)
+    assert snapshot.entities["vars"]["v"] == {"k": "kept"}
+    assert snapshot.seq == 2
+
+
+async def test_stored_grant_changes_role_without_reconnect(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore()
+    async with open_test_server(store=store, grants_poll_s=2, default_role="read") as server:
+        async with server.client("alice") as alice:
+            assert (await alice.join("doc"))["role"] == "read"
+            ack = await alice.call("op", _op("doc", "1", "add", "c", "1", {}))
+            assert ack["error"]["code"] == "FORBIDDEN"
+            await store.set_grant("doc", "alice", "write")
+            changed = await alice.next_event("role-changed", timeout=5)
+            assert changed == {"room": "doc", "role": "write"}
+            ack = await alice.call("op", _op("doc", "2", "add", "c", "1", {}))
+            assert ack["ok"] is True
+        async with server.client("alice") as alice:
+            assert (await alice.join("doc"))["role"] == "write"
