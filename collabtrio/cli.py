@@ -21,9 +21,9 @@ from typing import Any
 import trio
 
 from . import __version__
-from .auth import mint_token, parse_room_grant, parse_ttl
-from .config import ROLES, Config, settings
-from .storage import StorageError
+from .auth import ROOM_PATTERN_RE, mint_token, parse_room_grant, parse_ttl
+from .config import ROLES, Config, Role, settings
+from .storage import StorageError, open_store
 
 ENV_PREFIX = "COLLABTRIO_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -133,6 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", default="1h", help="lifetime: 90, 30s, 15m, 1h, 7d (default 1h)")
     token.add_argument("--auth-secret", dest="auth_secret", default=None,
                        help=f"signing secret [env {env_name('auth_secret')}]")
+
+    db_help = f"storage URL [env {env_name('db')}; default: sqlite:///./collabtrio.db]"
+    grant = sub.add_parser(
+        "grant",
+        help="store a role for a user in a room or every room with a prefix",
+        description="Store a role grant. Roles resolve as: the token's rooms claim, then "
+        "stored grants, then the default role. A running server picks the change up "
+        "within grants_poll_s and tells connected members (role-changed).",
+    )
+    grant.add_argument("pattern", metavar="ROOM_OR_PREFIX", help="a room id, 'prefix*' or '*'")
+    grant.add_argument("user", metavar="USER", help="the user id (the token's sub)")
+    grant.add_argument("role", metavar="ROLE", choices=ROLES, help="read, write or admin")
+    grant.add_argument("--db", default=None, help=db_help)
+    revoke = sub.add_parser("revoke", help="remove a stored role grant")
+    revoke.add_argument("pattern", metavar="ROOM_OR_PREFIX")
+    revoke.add_argument("user", metavar="USER")
+    revoke.add_argument("--db", default=None, help=db_help)
     return parser
 
 
@@ -220,9 +237,40 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_grant(args: argparse.Namespace, role: Role | None) -> int:
+    if not ROOM_PATTERN_RE.match(args.pattern):
+        print(f"collabtrio: bad room pattern {args.pattern!r}: use a room id, 'prefix*' or '*'",
+              file=sys.stderr)
+        return 2
+    url = args.db or os.environ.get(env_name("db")) or Config().db
+
+    async def run() -> None:
+        store = await open_store(url)
+        try:
+            await store.set_grant(args.pattern, args.user, role)
+        finally:
+            await store.close()
+
+    try:
+        trio.run(run)
+    except BaseException as exc:
+        inner = _unwrap(exc)
+        if isinstance(inner, StorageError):
+            print(f"collabtrio: {inner}", file=sys.stderr)
+            return 2
+        raise
+    what = f"granted {role} on {args.pattern!r}" if role else f"revoked grant on {args.pattern!r}"
+    print(f"{what} for user {args.user!r}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``collabtrio`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _cmd_serve(args)
+    if args.command == "grant":
+        return _cmd_grant(args, args.role)
+    if args.command == "revoke":
+        return _cmd_grant(args, None)
     return _cmd_token(args)

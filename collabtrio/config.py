@@ -113,6 +113,12 @@ class Config:
         250, "A field write is never held longer than this before it is flushed.",
         group="documents",
     )
+    max_ops_per_commit: int = _f(
+        1000,
+        "Most operations one room puts in one transaction, and most room batches the "
+        "writer merges into one (1 = a transaction per operation).",
+        group="documents",
+    )
     flush_timeout_s: float = _f(
         5.0, "Deadline for a closing room's final flush to storage.", group="documents"
     )
@@ -136,6 +142,8 @@ class Config:
             )
         if self.sqlite_synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError("sqlite_synchronous must be NORMAL or FULL")
+        if self.field_debounce_ms < 0 or self.field_max_hold_ms < 0:
+            raise ValueError("field_debounce_ms and field_max_hold_ms must not be negative")
         if self.chat_history_limit < 0 or self.grants_poll_s < 0 or self.flush_timeout_s <= 0:
             raise ValueError("chat_history_limit and grants_poll_s must not be negative, "
                              "flush_timeout_s must be positive")
@@ -155,8 +163,7 @@ class Config:
             "outbox_max_bytes",
             "room_inbox_size",
             "history_limit",
-            "field_debounce_ms",
-            "field_max_hold_ms",
+            "max_ops_per_commit",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

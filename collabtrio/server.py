@@ -137,7 +137,7 @@ class Server:
         if self._store is None:
             self._store = await open_store(cfg.db, sqlite_synchronous=cfg.sqlite_synchronous)
         store = self._store
-        self.commits = CommitQueue(store)
+        self.commits = CommitQueue(store, max_batch=cfg.max_ops_per_commit)
         self._registry = RoomRegistry(cfg, store, self.commits, wall_clock=self.wall_clock)
         try:
             async with trio.open_nursery() as writer:
@@ -162,6 +162,8 @@ class Server:
                     root.cancel_scope.cancel()
                 writer.cancel_scope.cancel()
         finally:
+            log.info("storage: %d transactions for %d room commits",
+                     self.commits.transactions, self.commits.requests)
             if owns_store:  # a store passed in belongs to the caller
                 with trio.CancelScope(shield=True):
                     await store.close()

@@ -173,14 +173,18 @@ class DocumentKeeper:
                 with trio.move_on_at(self.debouncer.next_deadline()):
                     await self._wakeup.park()
             await self.process(final=False)
+            if self.config.max_ops_per_commit == 1:
+                # one operation per transaction: let other rooms' commits interleave
+                await trio.lowlevel.checkpoint()
 
     async def close(self) -> None:
         """Commit everything still queued or pending (call shielded, with a deadline)."""
-        await self.process(final=True)
+        await self.flush()
 
     async def flush(self) -> None:
         """Commit what is pending now, without waiting for field deadlines."""
-        await self.process(final=True)
+        while not self.idle:
+            await self.process(final=True)
 
     async def process(self, *, final: bool) -> None:
         """One batch: plan, commit (shielded), then install and deliver, or fail all."""
@@ -222,7 +226,8 @@ class DocumentKeeper:
 
     def _plan(self, *, final: bool) -> _Batch:
         batch = _Batch(self)
-        commands, self._inbox = self._inbox, []
+        limit = self.config.max_ops_per_commit
+        commands, self._inbox = self._inbox[:limit], self._inbox[limit:]
         now = trio.current_time()
         for cmd in commands:
             if isinstance(cmd, OpCmd):
