@@ -97,6 +97,7 @@ class SetRole:
 Command = Join | Leave | Relay | Publish | SetRole | OpCmd | FieldCmd | ChatCmd
 
 _RANK = {"read": 0, "write": 1, "admin": 2}
+IDLE_RECHECK_S = 0.1
 _EVENT_OF: dict[type, str] = {OpCmd: "op", FieldCmd: "field", ChatCmd: "chat"}
 
 # member fields a relay updates in the presence list
@@ -196,6 +197,9 @@ class Room:
         idle_s = self.registry.config.room_idle_s
         while True:
             deadline = self._empty_since + idle_s if not self.members else float("inf")
+            if self.keeper is not None and not self.keeper.idle:
+                # idle, but writes are still pending: look again once they had time
+                deadline = max(deadline, trio.current_time() + IDLE_RECHECK_S)
             batch = await self.mailbox.get_batch(deadline)
             if batch:
                 for cmd in batch:

@@ -452,3 +452,26 @@ async def test_stored_grant_changes_role_without_reconnect(
             assert ack["ok"] is True
         async with server.client("alice") as alice:
             assert (await alice.join("doc"))["role"] == "write"
+
+
+async def test_idle_room_waits_for_pending_writes_then_closes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore()
+    async with open_test_server(store=store, room_idle_s=1, field_debounce_ms=3000,
+                                field_max_hold_ms=3000) as server:
+        async with server.client("alice") as alice:
+            await alice.join("doc")
+            await alice.call("op", _op("doc", "a", "add", "vars", "v", {}))
+            await alice.emit("field", {"room": "doc", "operationId": "f1", "collection": "vars",
+                                       "id": "v", "path": ["k"], "value": 1})
+            await alice.call("leave", {"room": "doc"})
+            left = trio.current_time()
+            room = server.server.registry.get("doc")
+            assert room is not None
+            while server.server.registry.get("doc") is room:
+                await trio.sleep(0.05)
+            # closed only once the field (held 3 s) was written, not at the 1 s idle mark
+            assert trio.current_time() - left >= 2.9
+    snapshot = await store.load_room("doc", history_limit=10, chat_limit=0)
+    assert snapshot.entities["vars"]["v"] == {"k": 1}
