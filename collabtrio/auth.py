@@ -186,7 +186,8 @@ def _validate_rooms_claim(value: object) -> Mapping[str, Role]:
 
 
 def _optional_str(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
+    # NUL is dropped: no database stores it in text, and names end up in stored rows
+    return value.replace("\x00", "") or None if isinstance(value, str) and value else None
 
 
 class Authenticator:
@@ -302,6 +303,8 @@ class Authenticator:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise _invalid("token has no 'sub' (user id) claim, or it is not a non-empty string")
+        if "\x00" in sub or len(sub) > 256:
+            raise _invalid("token 'sub' must be at most 256 characters, without NUL")
         now = self._now()
         nbf = claims.get("nbf")
         if nbf is not None:

@@ -10,6 +10,7 @@ mailbox. The room answers; handlers only answer refusals (raising
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,23 @@ VOLATILE = frozenset({"cursor", "selection", "typing"})
 
 # events of the protocol that this server version does not implement yet
 NOT_YET = frozenset({"yjs-update", "yjs-sync", "yjs-awareness"})
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def _check_storable(value: Any, what: str) -> None:
+    """Refuse what no backend can store: bytes, NaN/Infinity, NUL characters.
+
+    Checked here, per operation, so one client's bad value is that client's
+    ``VALIDATION`` error and never fails a transaction shared with other rooms.
+    """
+    try:
+        text = _dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise CollabError(ErrorCode.VALIDATION, f"{what} must be plain JSON: {exc}") from None
+    if r"\u0000" in text:
+        raise CollabError(ErrorCode.VALIDATION, f"{what} must not contain NUL characters")
 
 
 def _joined_room(conn: Connection, room_id: str, event: str) -> Any:
@@ -99,6 +117,7 @@ async def op(server: Server, conn: Connection, payload: Any, ack_id: int | None)
     msg = messages.parse_payload("op", payload)
     assert isinstance(msg, messages.OpPayload)
     room = _joined_room(conn, msg.room, "op")
+    _check_storable([msg.operation_id, msg.collection, msg.id, msg.data], "op")
     await room.mailbox.put(OpCmd(conn, msg, ack_id))
 
 
@@ -107,6 +126,7 @@ async def field(server: Server, conn: Connection, payload: Any, ack_id: int | No
     msg = messages.parse_payload("field", payload)
     assert isinstance(msg, messages.FieldPayload)
     room = _joined_room(conn, msg.room, "field")
+    _check_storable([msg.operation_id, msg.collection, msg.id, msg.path, msg.value], "field")
     await room.mailbox.put(FieldCmd(conn, msg, ack_id))
 
 
@@ -115,6 +135,7 @@ async def chat(server: Server, conn: Connection, payload: Any, ack_id: int | Non
     msg = messages.parse_payload("chat", payload)
     assert isinstance(msg, messages.ChatPayload)
     room = _joined_room(conn, msg.room, "chat")
+    _check_storable([msg.text, msg.client_id], "chat")
     await room.mailbox.put(ChatCmd(conn, msg, ack_id))
 
 

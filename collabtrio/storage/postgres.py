@@ -413,7 +413,10 @@ def _start(
 def _ensure_schema(conn: psycopg.Connection[Any], schema: str) -> None:
     exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
     if exists is None:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        try:
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        except psycopg.errors.UniqueViolation:
+            pass  # created by a concurrent opener between the check and the CREATE
 
 
 def _migrate(conn: psycopg.Connection[Any], where: str) -> None:

@@ -349,7 +349,7 @@ def _check_path(path: str) -> None:
         )
     if not parent.is_dir():
         raise StorageError(
-            f"cannot open SQLite database {path!r}: {parent} is not a directory; "
+            f"cannot open SQLite database {path!r}: {parent} is a file, not a directory; "
             f"choose another path for --db"
         )
     if target.is_dir():

@@ -475,3 +475,20 @@ async def test_idle_room_waits_for_pending_writes_then_closes(
             assert trio.current_time() - left >= 2.9
     snapshot = await store.load_room("doc", history_limit=10, chat_limit=0)
     assert snapshot.entities["vars"]["v"] == {"k": 1}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"blob": b"\x00\x01"}, {"text": "a\x00b"}, {"\x00": 1}],
+    ids=["bytes", "nul-in-value", "nul-in-key"],
+)
+async def test_values_no_database_can_store_are_refused(
+    autojump_clock: trio.testing.MockClock, data: dict[str, Any]
+) -> None:
+    async with open_test_server() as server, server.client("alice") as alice:
+        await alice.join("doc")
+        ack = await alice.call("op", _op("doc", "o", "add", "c", "1", data))
+        assert ack["error"]["code"] == "VALIDATION"
+        ack = await alice.call("chat", {"room": "doc", "text": "nul \x00 here"})
+        assert ack["error"]["code"] == "VALIDATION"
+        assert (await alice.call("op", _op("doc", "p", "add", "c", "1", {})))["seq"] == 1
