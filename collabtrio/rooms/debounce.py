@@ -35,6 +35,7 @@ class PendingField:
     key: FieldKey
     value: Any
     conn: Any  # who sent the newest value
+    operation_id: str  # the operation that wrote the newest value
     timestamp: float | None
     first_at: float
     last_at: float
@@ -59,10 +60,13 @@ class FieldDebouncer:
         """Record a write to ``key`` at time ``now``."""
         entry = self.pending.get(key)
         if entry is None:
-            entry = self.pending[key] = PendingField(key, value, waiter.conn, timestamp, now, now)
+            entry = self.pending[key] = PendingField(
+                key, value, waiter.conn, waiter.operation_id, timestamp, now, now
+            )
         else:
             entry.value = value
             entry.conn = waiter.conn
+            entry.operation_id = waiter.operation_id
             entry.timestamp = timestamp
             entry.last_at = now
         entry.waiters.append(waiter)

@@ -338,14 +338,13 @@ class DocumentKeeper:
         now_ms = int(self.wall_clock() * 1000)
         writer: Connection = entry.conn
         user_id, user_name = _identity(writer)
-        last = entry.waiters[-1]
         payload = {
             "room": self.room_id,
             "seq": seq,
             "userId": user_id,
             "userName": user_name,
             "socketId": writer.sid,
-            "operationId": last.operation_id,
+            "operationId": entry.operation_id,
             "collection": collection,
             "id": entity_id,
             "path": list(path),

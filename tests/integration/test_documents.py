@@ -492,3 +492,27 @@ async def test_values_no_database_can_store_are_refused(
         ack = await alice.call("chat", {"room": "doc", "text": "nul \x00 here"})
         assert ack["error"]["code"] == "VALIDATION"
         assert (await alice.call("op", _op("doc", "p", "add", "c", "1", {})))["seq"] == 1
+
+
+async def test_field_event_names_the_winning_operation_even_after_a_retry(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as server:
+        async with server.client("alice") as alice, server.client("bob") as bob:
+            await alice.join("doc")
+            await bob.join("doc")
+            await alice.call("op", _op("doc", "a", "add", "vars", "v", {}))
+
+            def write(op_id: str, value: str) -> dict[str, Any]:
+                return {"room": "doc", "operationId": op_id, "collection": "vars", "id": "v",
+                        "path": ["k"], "value": value}
+
+            await alice.emit("field", write("f1", "a"))
+            await bob.emit("field", write("f2", "b"))
+            await alice.emit("field", write("f1", "a"))  # a retry of the losing write
+            event = await alice.next_event("field")
+            assert event["value"] == "b"
+            assert event["operationId"] == "f2"
+            assert event["userId"] == "bob"
+            confirmations = [await alice.next_event("operation-confirmed") for _ in range(2)]
+            assert {c["operationId"] for c in confirmations} == {"f1"}
