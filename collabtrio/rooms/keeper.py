@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +83,14 @@ class ChatCmd:
 
 DocCommand = OpCmd | FieldCmd | ChatCmd
 
+_EVENT_NAMES: dict[type, str] = {OpCmd: "op", FieldCmd: "field", ChatCmd: "chat"}
+_UNAVAILABLE = CollabError(
+    ErrorCode.STORAGE_UNAVAILABLE,
+    "storage is unavailable; the operation may not have been applied: retry it "
+    "with the same operationId",
+    retryable=True,
+)
+
 
 def _identity(conn: Connection) -> tuple[str, str]:
     ident = conn.identity
@@ -129,6 +137,7 @@ class DocumentKeeper:
         queue: CommitQueue,
         config: Config,
         wall_clock: Callable[[], float],
+        reload: Callable[[], Awaitable[RoomSnapshot]],
     ) -> None:
         self.room_id = room_id
         self.members = members
@@ -147,6 +156,10 @@ class DocumentKeeper:
         self.debouncer = FieldDebouncer(
             config.field_debounce_ms / 1000, config.field_max_hold_ms / 1000
         )
+        self._reload = reload
+        # after a failed commit the outcome is unknown (the commit may have landed and
+        # only its answer been lost): reload from storage before the next batch
+        self._stale = False
         self._inbox: list[DocCommand] = []
         self._wakeup = trio.lowlevel.ParkingLot()
         self._lock = trio.Lock()
@@ -189,6 +202,8 @@ class DocumentKeeper:
     async def process(self, *, final: bool) -> None:
         """One batch: plan, commit (shielded), then install and deliver, or fail all."""
         async with self._lock:
+            if self._stale and not await self._resync():
+                return
             batch = self._plan(final=final)
             if not batch.history:
                 return
@@ -209,18 +224,50 @@ class DocumentKeeper:
                     await self.queue.commit([changes])
                 except StorageError as exc:
                     log.warning("room %s: commit failed: %s", self.room_id, exc)
-                    err = CollabError(
-                        ErrorCode.STORAGE_UNAVAILABLE,
-                        "storage is unavailable; the operation was not applied, try again",
-                        retryable=True,
-                    )
+                    self._stale = True
                     for fail in batch.failures:
-                        fail(err)
+                        fail(_UNAVAILABLE)
                     return
             self.commits += 1
             self._install(batch)
             for deliver in batch.deliveries:
                 deliver()
+
+    async def _resync(self) -> bool:
+        """Reload the room from storage after a failed commit; False if still down.
+
+        Events that did land (a commit whose answer was lost) are broadcast now, so
+        members see every seq once; their senders, told to retry, get the first result.
+        While storage stays unreachable, queued commands and pending fields are refused.
+        """
+        try:
+            with trio.CancelScope(shield=True):
+                snapshot = await self._reload()
+        except StorageError as exc:
+            log.warning("room %s: reload failed: %s", self.room_id, exc)
+            commands, self._inbox = self._inbox, []
+            for cmd in commands:
+                op_id = cmd.msg.operation_id if isinstance(cmd, OpCmd | FieldCmd) else None
+                cmd.conn.reply_error(cmd.ack_id, _UNAVAILABLE, _EVENT_NAMES[type(cmd)], op_id)
+            for pending in self.debouncer.take_all():
+                for w in pending.waiters:
+                    w.conn.reply_error(w.ack_id, _UNAVAILABLE, "field", w.operation_id)
+            return False
+        landed = [entry for entry in snapshot.history if entry.seq > self.seq]
+        self.doc = Document(snapshot.entities)
+        self.seq = snapshot.seq
+        self.history = deque(snapshot.history, maxlen=self.config.history_limit)
+        self.operations = OrderedDict(
+            sorted(snapshot.operations.items(), key=lambda item: item[1].seq)
+        )
+        self.chat = deque(snapshot.chat, maxlen=max(1, self.config.chat_history_limit))
+        self._stale = False
+        for entry in landed:
+            self._broadcast(entry.event, entry.payload, exclude=None)
+        if landed:
+            log.info("room %s: %d events had been committed despite the error",
+                     self.room_id, len(landed))
+        return True
 
     # -- planning (synchronous) ----------------------------------------------------------
 

@@ -37,7 +37,7 @@ import trio
 
 from ..config import Role
 from ..errors import CollabError, ErrorCode
-from ..storage.base import StorageError
+from ..storage.base import RoomSnapshot, StorageError
 from ..transport.connection import Connection, event_frames
 from .keeper import ChatCmd, DocCommand, DocumentKeeper, FieldCmd, OpCmd
 from .mailbox import Mailbox
@@ -164,10 +164,7 @@ class Room:
         try:
             with self.cancel_scope:
                 try:
-                    snapshot = await registry.store.load_room(
-                        self.id, history_limit=cfg.history_limit,
-                        chat_limit=cfg.chat_history_limit,
-                    )
+                    snapshot = await self._load()
                 except StorageError as exc:
                     log.warning("room %s: cannot load: %s", self.id, exc)
                     self._refuse_waiting(CollabError(
@@ -177,7 +174,7 @@ class Room:
                     return
                 self.keeper = DocumentKeeper(
                     self.id, self.members, snapshot, queue=registry.commits,
-                    config=cfg, wall_clock=registry.wall_clock,
+                    config=cfg, wall_clock=registry.wall_clock, reload=self._load,
                 )
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.keeper.run)
@@ -192,6 +189,12 @@ class Room:
                     log.error("room %s: final flush did not finish in %ss",
                               self.id, cfg.flush_timeout_s)
             self._teardown()
+
+    async def _load(self) -> RoomSnapshot:
+        cfg = self.registry.config
+        return await self.registry.store.load_room(
+            self.id, history_limit=cfg.history_limit, chat_limit=cfg.chat_history_limit
+        )
 
     async def _serve(self) -> None:
         idle_s = self.registry.config.room_idle_s

@@ -69,6 +69,7 @@ T = TypeVar("T")
 
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 4
+PROBE_TIMEOUT_S = 1.0  # while the server is known to be down, one call at a time waits this
 CONNECT_TIMEOUT_S = 5  # libpq connect_timeout, unless the URL sets one
 OPEN_TIMEOUT_S = 10.0  # for the pool's first connection at start-up
 CALL_TIMEOUT_S = 5.0  # waiting for a pooled connection at run time
@@ -109,6 +110,14 @@ def parse_url(url: str) -> tuple[str, str | None, str]:
     return make_conninfo("", **params), schema, where
 
 
+class _Unavailable(StorageUnavailable):
+    """StorageUnavailable that says whether the connection (not the data) failed."""
+
+    def __init__(self, message: str, connection_lost: bool) -> None:
+        super().__init__(message)
+        self.connection_lost = connection_lost
+
+
 class PostgresStore:
     """An open PostgreSQL database (see the module docstring).
 
@@ -129,6 +138,8 @@ class PostgresStore:
         self.where = where
         self._pool: psycopg_pool.ConnectionPool | None = pool
         self._limiter = trio.CapacityLimiter(POOL_MAX_SIZE)
+        self._down = False
+        self._probing = False
         self._wall_clock = wall_clock
         self._call_timeout = call_timeout
 
@@ -149,18 +160,51 @@ class PostgresStore:
         return cls(url, pool, where, wall_clock=wall_clock, call_timeout=call_timeout)
 
     async def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run ``fn`` with a pooled connection on a worker thread.
+
+        Once a call has found the server unreachable, the store is marked down: until a
+        call succeeds again, one call at a time probes the server (waiting up to the
+        call timeout) and every other call fails at once with
+        :class:`StorageUnavailable`, so an outage does not queue every request behind
+        the pool's timeout.
+        """
+        async with self._limiter:
+            # checked once a worker slot is ours: calls that queued for a slot while the
+            # server went away must not each wait out the pool's timeout
+            if self._down:
+                if self._probing:
+                    raise StorageUnavailable(
+                        f"PostgreSQL {self.where} is unreachable (reconnecting); try again"
+                    )
+                self._probing = True
+                try:
+                    result = await self._call(fn, min(PROBE_TIMEOUT_S, self._call_timeout))
+                finally:
+                    self._probing = False
+                self._down = False
+                return result
+            return await self._call(fn, self._call_timeout)
+
+    async def _call(self, fn: Callable[[psycopg.Connection[Any]], T], timeout: float) -> T:
         pool = self._pool
         if pool is None:
             raise StorageUnavailable("the PostgreSQL store is closed")
 
         def call() -> T:
             try:
-                with pool.connection(timeout=self._call_timeout) as conn:
+                with pool.connection(timeout=timeout) as conn:
                     return fn(conn)
             except psycopg.Error as exc:  # PoolTimeout and PoolClosed included
-                raise StorageUnavailable(f"PostgreSQL {self.where}: {exc}") from exc
+                lost = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError
+                                  | psycopg_pool.PoolTimeout)
+                raise _Unavailable(f"PostgreSQL {self.where}: {exc}", lost) from exc
 
-        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        try:
+            return await trio.to_thread.run_sync(call)
+        except _Unavailable as exc:
+            if exc.connection_lost:
+                self._down = True
+            raise
 
     async def ping(self) -> None:
         """Run a trivial query."""

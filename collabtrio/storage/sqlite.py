@@ -394,6 +394,19 @@ def _explain(path: str, exc: sqlite3.Error) -> StorageError:
     return StorageError(f"cannot open SQLite database {path!r}: {text}; {hint}")
 
 
+def _set_wal(conn: sqlite3.Connection, patience_s: float) -> str:
+    # switching a new file to WAL can answer "database is locked" at once (without the
+    # busy handler) when another process opens the same new file at the same moment
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _connect_and_migrate(path: str, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
     _check_path(path)
     try:
@@ -408,7 +421,7 @@ def _connect_and_migrate(path: str, synchronous: str, busy_timeout_ms: int) -> s
         raise _explain(path, exc) from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _set_wal(conn, busy_timeout_ms / 1000)
         if path != ":memory:" and str(mode).lower() != "wal":
             raise StorageError(
                 f"cannot open SQLite database {path!r} in WAL mode (journal mode stays "
