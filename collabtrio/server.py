@@ -245,6 +245,7 @@ class Server:
                              max_message_size=cfg.max_payload)
         try:
             ws.start_handshake(raw)
+            del raw  # held by this frame for the whole session otherwise
         except HandshakeError as exc:
             await self._reject(stream, 400, f"bad WebSocket handshake: {exc}")
             return

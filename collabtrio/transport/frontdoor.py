@@ -172,6 +172,8 @@ async def handle_stream(
             )
             return
         if request.is_websocket_upgrade:
+            # the session lasts as long as the client: keep nothing of the head parse
+            del conn
             await on_websocket(stream, request, raw)
             return
         body = b""
