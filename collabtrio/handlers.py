@@ -18,7 +18,8 @@ from .auth import check_join_allowed, check_room_id, resolve_role
 from .errors import CollabError, ErrorCode
 from .protocol import messages
 from .rooms.keeper import ChatCmd, FieldCmd, OpCmd, chat_wire
-from .rooms.room import Join, Leave, Relay
+from .rooms.mailbox import MailboxClosed
+from .rooms.room import Command, Join, Leave, Relay, Room
 from .storage.base import ChatMessage, StorageError
 
 if TYPE_CHECKING:
@@ -37,18 +38,58 @@ NOT_YET = frozenset({"yjs-update", "yjs-sync", "yjs-awareness"})
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
+MAX_DEPTH = 64
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """True if ``value`` nests objects/arrays more than ``limit`` levels (iterative)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def _check_storable(value: Any, what: str) -> None:
-    """Refuse what no backend can store: bytes, NaN/Infinity, NUL characters.
+    """Refuse what no backend can store: bytes, NaN/Infinity, NUL characters, and
+    nesting deeper than :data:`MAX_DEPTH` levels.
 
     Checked here, per operation, so one client's bad value is that client's
     ``VALIDATION`` error and never fails a transaction shared with other rooms.
     """
+    if _too_deep(value, MAX_DEPTH):
+        raise CollabError(ErrorCode.VALIDATION,
+                          f"{what} nests deeper than {MAX_DEPTH} levels")
     try:
         text = _dumps(value)
     except (TypeError, ValueError) as exc:
         raise CollabError(ErrorCode.VALIDATION, f"{what} must be plain JSON: {exc}") from None
     if r"\u0000" in text:
         raise CollabError(ErrorCode.VALIDATION, f"{what} must not contain NUL characters")
+
+
+async def _deliver(room: Room, cmd: Command) -> None:
+    """Queue ``cmd`` for ``room`` (waiting while its inbox is full)."""
+    try:
+        await room.mailbox.put(cmd)
+    except MailboxClosed:
+        raise CollabError(ErrorCode.INTERNAL, f"room {room.id!r} closed; try again",
+                          retryable=True) from None
+
+
+async def _document_space(room: Room) -> None:
+    # the room hands document commands straight to its keeper, so the bound that
+    # protects memory is the keeper's queue
+    if room.keeper is not None:
+        await room.keeper.wait_for_space()
 
 
 def _joined_room(conn: Connection, room_id: str, event: str) -> Any:
@@ -86,7 +127,11 @@ async def request_join(
     role = resolve_role(identity, room_id, grants=conn.grants, default=server.config.default_role)
     room = server.registry.get_or_open(room_id)
     conn.pending_joins += 1
-    await room.mailbox.put(Join(conn, role, ack_id, since=since, at_connect=at_connect))
+    try:
+        await _deliver(room, Join(conn, role, ack_id, since=since, at_connect=at_connect))
+    except CollabError:
+        conn.pending_joins -= 1
+        raise
 
 
 async def leave(server: Server, conn: Connection, payload: Any, ack_id: int | None) -> None:
@@ -94,7 +139,7 @@ async def leave(server: Server, conn: Connection, payload: Any, ack_id: int | No
     msg = messages.parse_payload("leave", payload)
     assert isinstance(msg, messages.LeavePayload)
     room = _joined_room(conn, msg.room, "leave")
-    await room.mailbox.put(Leave(conn, ack_id))
+    await _deliver(room, Leave(conn, ack_id))
 
 
 def _relay_handler(event: str) -> Handler:
@@ -105,7 +150,7 @@ def _relay_handler(event: str) -> Handler:
         room_id: str = msg.room  # type: ignore[attr-defined]
         room = _joined_room(conn, room_id, event)
         # relay what the client sent (validated), so its own extra fields reach the others
-        await room.mailbox.put(Relay(conn, event, dict(payload), ack_id, volatile))
+        await _deliver(room, Relay(conn, event, dict(payload), ack_id, volatile))
 
     relay.__name__ = relay.__qualname__ = f"relay_{event}"
     relay.__doc__ = f"``{event}``: relayed to the other members of the room."
@@ -118,7 +163,8 @@ async def op(server: Server, conn: Connection, payload: Any, ack_id: int | None)
     assert isinstance(msg, messages.OpPayload)
     room = _joined_room(conn, msg.room, "op")
     _check_storable([msg.operation_id, msg.collection, msg.id, msg.data], "op")
-    await room.mailbox.put(OpCmd(conn, msg, ack_id))
+    await _document_space(room)
+    await _deliver(room, OpCmd(conn, msg, ack_id))
 
 
 async def field(server: Server, conn: Connection, payload: Any, ack_id: int | None) -> None:
@@ -127,7 +173,8 @@ async def field(server: Server, conn: Connection, payload: Any, ack_id: int | No
     assert isinstance(msg, messages.FieldPayload)
     room = _joined_room(conn, msg.room, "field")
     _check_storable([msg.operation_id, msg.collection, msg.id, msg.path, msg.value], "field")
-    await room.mailbox.put(FieldCmd(conn, msg, ack_id))
+    await _document_space(room)
+    await _deliver(room, FieldCmd(conn, msg, ack_id))
 
 
 async def chat(server: Server, conn: Connection, payload: Any, ack_id: int | None) -> None:
@@ -136,7 +183,8 @@ async def chat(server: Server, conn: Connection, payload: Any, ack_id: int | Non
     assert isinstance(msg, messages.ChatPayload)
     room = _joined_room(conn, msg.room, "chat")
     _check_storable([msg.text, msg.client_id], "chat")
-    await room.mailbox.put(ChatCmd(conn, msg, ack_id))
+    await _document_space(room)
+    await _deliver(room, ChatCmd(conn, msg, ack_id))
 
 
 async def chat_history(

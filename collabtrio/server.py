@@ -27,6 +27,7 @@ only; it never reaches the connections nursery, so it cannot cancel the server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ from . import handlers
 from .auth import Authenticator, check_room_id, resolve_role
 from .config import Config
 from .errors import CollabError, ErrorCode
+from .rooms.mailbox import MailboxClosed
 from .rooms.registry import RoomRegistry
 from .rooms.room import SetRole
 from .storage import open_store
@@ -215,7 +217,8 @@ class Server:
             for room_id, room in list(conn.rooms.items()):
                 role = resolve_role(identity, room_id, grants=grants,
                                     default=self.config.default_role)
-                room.mailbox.put_nowait(SetRole(conn, role))
+                with contextlib.suppress(MailboxClosed):  # a closed room has no members
+                    room.mailbox.put_nowait(SetRole(conn, role))
 
     async def _accept(self, listeners: list[trio.SocketListener], conns: trio.Nursery) -> None:
         with self._accept_scope:
@@ -348,7 +351,8 @@ class Server:
         from .rooms.room import Leave
 
         for room in list(conn.rooms.values()):
-            room.mailbox.put_nowait(Leave(conn))
+            with contextlib.suppress(MailboxClosed):  # a closed room has no members
+                room.mailbox.put_nowait(Leave(conn))
         self.registry.remove_user_connection(conn)
 
     async def _join_at_connect(self, conn: Connection) -> None:

@@ -30,12 +30,13 @@ def _noop() -> None:
 class TimerHandle:
     """A scheduled callback; :meth:`cancel` stops it from running."""
 
-    __slots__ = ("callback", "cancelled", "when")
+    __slots__ = ("callback", "cancelled", "owner", "when")
 
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+    def __init__(self, when: float, callback: Callable[[], None], owner: Timers) -> None:
         self.when = when
         self.callback = callback
         self.cancelled = False
+        self.owner: Timers | None = owner
 
     def cancel(self) -> None:
         """Do not run the callback (idempotent).
@@ -43,8 +44,13 @@ class TimerHandle:
         The callback is released at once: a closed connection's pending ping must not
         keep the connection's objects alive until the entry's time comes.
         """
+        if self.cancelled:
+            return
         self.cancelled = True
         self.callback = _noop
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner._forget_one()
 
 
 class Timers:
@@ -58,13 +64,23 @@ class Timers:
         self._heap: list[tuple[float, int, TimerHandle]] = []
         self._counter = itertools.count()
         self._wakeup: trio.CancelScope | None = None
+        self._cancelled = 0
+
+    def _forget_one(self) -> None:
+        # lazy deletion keeps cancelled entries until their time; when they are most of
+        # the heap (long token lifetimes, many short connections), rebuild it without them
+        self._cancelled += 1
+        if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
+            self._heap[:] = [entry for entry in self._heap if not entry[2].cancelled]
+            heapq.heapify(self._heap)
+            self._cancelled = 0
 
     def __len__(self) -> int:
         return len(self._heap)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
         """Run ``callback()`` at trio time ``when`` (or soon after)."""
-        handle = TimerHandle(when, callback)
+        handle = TimerHandle(when, callback, self)
         heapq.heappush(self._heap, (when, next(self._counter), handle))
         scope = self._wakeup
         if scope is not None and when < scope.deadline:
@@ -89,8 +105,10 @@ class Timers:
             while heap and heap[0][0] <= now:
                 _, _, handle = heapq.heappop(heap)
                 if handle.cancelled:
+                    self._cancelled = max(0, self._cancelled - 1)
                     continue
                 callback = handle.callback
+                handle.owner = None  # fired, not cancelled: not counted
                 handle.cancel()
                 try:
                     callback()

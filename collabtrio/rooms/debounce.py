@@ -82,6 +82,15 @@ class FieldDebouncer:
                 deadline = due
         return deadline
 
+    def take_entity(self, collection: str, entity_id: str) -> list[PendingField]:
+        """The pending keys of one entity (an operation on it is about to be applied)."""
+        keys = [k for k in self.pending if k[0] == collection and k[1] == entity_id]
+        entries = [self.pending.pop(k) for k in keys]
+        for entry in entries:
+            for w in entry.waiters:
+                self.by_operation.pop(w.operation_id, None)
+        return entries
+
     def take_all(self) -> list[PendingField]:
         """Every pending key (the flush takes them all), oldest first."""
         entries = list(self.pending.values())

@@ -84,6 +84,7 @@ class ChatCmd:
 DocCommand = OpCmd | FieldCmd | ChatCmd
 
 _EVENT_NAMES: dict[type, str] = {OpCmd: "op", FieldCmd: "field", ChatCmd: "chat"}
+_INTERNAL = CollabError(ErrorCode.INTERNAL, "internal error; the operation was not applied")
 _UNAVAILABLE = CollabError(
     ErrorCode.STORAGE_UNAVAILABLE,
     "storage is unavailable; the operation may not have been applied: retry it "
@@ -162,6 +163,7 @@ class DocumentKeeper:
         self._stale = False
         self._inbox: list[DocCommand] = []
         self._wakeup = trio.lowlevel.ParkingLot()
+        self._space = trio.lowlevel.ParkingLot()
         self._lock = trio.Lock()
         self.commits = 0
 
@@ -171,6 +173,23 @@ class DocumentKeeper:
         """Queue a command for the next batch (called by the room task)."""
         self._inbox.append(cmd)
         self._wakeup.unpark()
+
+    async def wait_for_space(self) -> None:
+        """Wait while ``room_inbox_size`` document commands are queued (backpressure:
+        the sender's connection stops reading until its room catches up)."""
+        while len(self._inbox) >= self.config.room_inbox_size:
+            await self._space.park()
+
+    def refuse_pending(self, err: CollabError) -> None:
+        """Answer every queued command and pending field write with ``err``."""
+        commands, self._inbox = self._inbox, []
+        for cmd in commands:
+            op_id = cmd.msg.operation_id if isinstance(cmd, OpCmd | FieldCmd) else None
+            cmd.conn.reply_error(cmd.ack_id, err, _EVENT_NAMES[type(cmd)], op_id)
+        for pending in self.debouncer.take_all():
+            for w in pending.waiters:
+                w.conn.reply_error(w.ack_id, err, "field", w.operation_id)
+        self._space.unpark_all()
 
     @property
     def idle(self) -> bool:
@@ -245,13 +264,7 @@ class DocumentKeeper:
                 snapshot = await self._reload()
         except StorageError as exc:
             log.warning("room %s: reload failed: %s", self.room_id, exc)
-            commands, self._inbox = self._inbox, []
-            for cmd in commands:
-                op_id = cmd.msg.operation_id if isinstance(cmd, OpCmd | FieldCmd) else None
-                cmd.conn.reply_error(cmd.ack_id, _UNAVAILABLE, _EVENT_NAMES[type(cmd)], op_id)
-            for pending in self.debouncer.take_all():
-                for w in pending.waiters:
-                    w.conn.reply_error(w.ack_id, _UNAVAILABLE, "field", w.operation_id)
+            self.refuse_pending(_UNAVAILABLE)
             return False
         landed = [entry for entry in snapshot.history if entry.seq > self.seq]
         self.doc = Document(snapshot.entities)
@@ -275,18 +288,33 @@ class DocumentKeeper:
         batch = _Batch(self)
         limit = self.config.max_ops_per_commit
         commands, self._inbox = self._inbox[:limit], self._inbox[limit:]
+        self._space.unpark_all()
         now = trio.current_time()
         for cmd in commands:
-            if isinstance(cmd, OpCmd):
-                self._plan_op(batch, cmd)
-            elif isinstance(cmd, FieldCmd):
-                self._add_field(batch, cmd, now)
-            else:
-                self._plan_chat(batch, cmd)
+            try:
+                if isinstance(cmd, OpCmd):
+                    self._plan_op(batch, cmd)
+                elif isinstance(cmd, FieldCmd):
+                    self._add_field(batch, cmd, now)
+                else:
+                    self._plan_chat(batch, cmd)
+            except Exception:
+                # a bug or an input nobody foresaw costs this command, not the room
+                log.exception("room %s: planning %s failed", self.room_id, type(cmd).__name__)
+                op_id = cmd.msg.operation_id if isinstance(cmd, OpCmd | FieldCmd) else None
+                cmd.conn.reply_error(cmd.ack_id, _INTERNAL, _EVENT_NAMES[type(cmd)], op_id)
         if self.debouncer.pending and (final or now >= self.debouncer.next_deadline()):
             for entry in self.debouncer.take_all():
-                self._plan_field(batch, entry)
+                self._plan_field_safely(batch, entry)
         return batch
+
+    def _plan_field_safely(self, batch: _Batch, entry: PendingField) -> None:
+        try:
+            self._plan_field(batch, entry)
+        except Exception:
+            log.exception("room %s: planning a field write failed", self.room_id)
+            for w in entry.waiters:
+                w.conn.reply_error(w.ack_id, _INTERNAL, "field", w.operation_id)
 
     def _previous_result(self, operation_id: str) -> OperationRecord | None:
         return self.operations.get(operation_id)
@@ -313,6 +341,14 @@ class DocumentKeeper:
         op_id = msg.operation_id
         if self._answer_repeat(batch, op_id, conn, cmd.ack_id):
             return
+        # field writes that arrived before this operation are applied before it
+        if self.debouncer.pending:
+            if msg.op == "replace":
+                settled = self.debouncer.take_all()
+            else:
+                settled = self.debouncer.take_entity(msg.collection, msg.id)
+            for entry in settled:
+                self._plan_field_safely(batch, entry)
         try:
             if msg.op == "replace":
                 if msg.collection != "*" or msg.id != "*":

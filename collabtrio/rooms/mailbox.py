@@ -18,29 +18,44 @@ import trio
 T = TypeVar("T")
 
 
+class MailboxClosed(Exception):
+    """The room behind this mailbox has stopped; open the room again."""
+
+
 class Mailbox(Generic[T]):
     """Many producers, one consumer (the room task)."""
 
-    __slots__ = ("_items", "_readers", "_writers", "bound")
+    __slots__ = ("_items", "_readers", "_writers", "bound", "closed")
 
     def __init__(self, bound: int) -> None:
         self.bound = bound
         self._items: deque[T] = deque()
         self._readers = trio.lowlevel.ParkingLot()
         self._writers = trio.lowlevel.ParkingLot()
+        self.closed = False
 
     def __len__(self) -> int:
         return len(self._items)
 
+    def close(self) -> None:
+        """The room has stopped: later puts raise :class:`MailboxClosed`, waiters wake."""
+        self.closed = True
+        self._writers.unpark_all()
+
     def put_nowait(self, item: T) -> None:
-        """Queue ``item`` whatever the bound (for departures and control messages)."""
+        """Queue ``item`` whatever the bound (for departures and control messages).
+
+        Raises :class:`MailboxClosed` once the room has stopped.
+        """
+        if self.closed:
+            raise MailboxClosed
         self._items.append(item)
         if self._readers:
             self._readers.unpark()
 
     async def put(self, item: T) -> None:
         """Queue ``item``, first waiting while the inbox is at its bound."""
-        while len(self._items) >= self.bound:
+        while len(self._items) >= self.bound and not self.closed:
             await self._writers.park()
         self.put_nowait(item)
 

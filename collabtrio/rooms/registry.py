@@ -19,6 +19,7 @@ from ..config import Config
 from ..storage.base import Store
 from ..storage.writer import CommitQueue
 from ..transport.connection import Connection, event_frames
+from .mailbox import MailboxClosed
 from .room import Publish, Room
 
 PERSONAL_PREFIX = "user:"
@@ -119,5 +120,8 @@ class RoomRegistry:
         room = self.rooms.get(room_id)
         if room is None:
             return 0
-        room.mailbox.put_nowait(Publish(event, data))
+        try:
+            room.mailbox.put_nowait(Publish(event, data))
+        except MailboxClosed:
+            return 0
         return len(room.members)

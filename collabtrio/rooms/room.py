@@ -180,6 +180,9 @@ class Room:
                     nursery.start_soon(self.keeper.run)
                     await self._serve()
                     nursery.cancel_scope.cancel()
+        except Exception:
+            # contained here: a failing room closes, the registry and the server go on
+            log.exception("room %s failed; closing it", self.id)
         finally:
             if self.keeper is not None:
                 with trio.CancelScope(shield=True) as scope:
@@ -188,6 +191,10 @@ class Room:
                 if scope.cancelled_caught:
                     log.error("room %s: final flush did not finish in %ss",
                               self.id, cfg.flush_timeout_s)
+                self.keeper.refuse_pending(CollabError(
+                    ErrorCode.STORAGE_UNAVAILABLE,
+                    "the room closed before this could be stored; try again", retryable=True,
+                ))
             self._teardown()
 
     async def _load(self) -> RoomSnapshot:
@@ -219,6 +226,10 @@ class Room:
             if (not self.members and not self.mailbox and trio.current_time() >= deadline
                     and (self.keeper is None or self.keeper.idle)):
                 log.debug("room %s idle for %ss: closing", self.id, idle_s)
+                # out of the registry before any await: a join from now on opens a
+                # fresh room (nothing is left to write, so it loads what is stored)
+                self.registry.forget(self)
+                self.mailbox.close()
                 return
 
     def _teardown(self) -> None:
@@ -230,6 +241,7 @@ class Room:
         self.members.clear()
         # commands that arrived after the decision to close get an answer, not silence
         self._refuse_waiting(CollabError(ErrorCode.INTERNAL, "room closed; try again"))
+        self.mailbox.close()
 
     def _refuse_waiting(self, err: CollabError) -> None:
         for cmd in list(self.mailbox.get_nowait_all()):

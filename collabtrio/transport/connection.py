@@ -156,6 +156,7 @@ class Connection:
         self._ping_sent_at = 0.0
         self._pong_at = 0.0
         self._ping_timer: TimerHandle | None = None
+        self._connect_timer: TimerHandle | None = None
         self.on_cleanup: list[Callable[[], None]] = []
         self.auth_rooms: list[Any] = []
         self.grants: dict[str, Role] = {}
@@ -311,6 +312,9 @@ class Connection:
             )
         )
         self._ping_timer = self.app.timers.call_later(cfg.ping_interval_ms / 1000, self._send_ping)
+        # an unauthenticated socket must not hold a connection slot for ever
+        self._connect_timer = self.app.timers.call_later(cfg.connect_timeout_s,
+                                                         self._connect_timed_out)
         try:
             with trio.CancelScope() as self._cancel:
                 if self.close_reason is not None:
@@ -330,7 +334,14 @@ class Connection:
         finally:
             self._finish()
 
+    def _connect_timed_out(self) -> None:
+        if not self.connected and self.close_reason is None:
+            log.info("closing %s: no Socket.IO CONNECT in time", self.sid)
+            self.close("connect timeout", CLOSE_POLICY, notify=False)
+
     def _finish(self) -> None:
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
         if self._ping_timer is not None:
             self._ping_timer.cancel()
         if self.expiry_timer is not None:
@@ -432,6 +443,9 @@ class Connection:
             return
         if self.connected:
             return
+        if not self.bucket.take():
+            self._protocol_error("too many CONNECT attempts")
+            return
         try:
             await self.app.on_connect(self, packet.data)
         except CollabError as err:
@@ -440,6 +454,8 @@ class Connection:
             self.outbox.push(wsframe.text_frame("44" + _dumps(payload)))
             return
         self.connected = True
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
         self.outbox.push(wsframe.text_frame("40" + _dumps({"sid": self.sid})))
         await self.app.on_event(self, "$connected", None, None)
 

@@ -178,7 +178,9 @@ async def handle_stream(
             return
         body = b""
         if request.method in ("POST", "PUT", "PATCH"):
-            got = await _read_body(stream, conn, max_body_bytes)
+            got = None
+            with trio.move_on_after(HEAD_TIMEOUT_S):
+                got = await _read_body(stream, conn, max_body_bytes)
             if got is None:
                 await send_response(stream, conn, HttpResponse(413, b"request body too large\n"))
                 return

@@ -7,12 +7,17 @@ writes it with a single ``send_all``, so a burst of N broadcasts costs one sysca
 one wake-up per connection rather than N. A broadcast's frame is the same bytes object
 for every member, encoded once by the room.
 
-The queue is bounded in bytes. When a push would pass the bound, volatile frames
-(cursor, selection, typing, move, awareness) already queued are dropped first; a
-volatile frame that still does not fit is dropped; a non-volatile one that does not fit
-makes :meth:`push` return ``False`` and the caller disconnects that client
-(``slow-consumer``). Server memory per connection is therefore bounded by the limit
-plus one batch in flight.
+The queue is bounded in bytes, and the bound applies to what waits behind a write in
+progress: while the writer is blocked in ``send_all`` (the client is not reading
+fast enough for the kernel's buffer), a push that would pass the bound first drops
+the volatile frames already queued (cursor, selection, typing, move, awareness); a
+volatile frame that still does not fit is dropped; a non-volatile one that does not
+fit makes :meth:`push` return ``False`` and the caller disconnects that client
+(``slow-consumer``). What the server queues in one go while no write is in progress
+(a join's full state, a replay, a committed batch of operations) is accepted whole
+and written at once, so a client that reads is never cut off for a burst the server
+itself produced. Memory per connection is therefore bounded by the limit plus one
+batch in flight.
 
 Every byte written to the socket after the handshake goes through the outbox (pongs
 and close frames included), so the writer task owns the stream for writing and no lock
@@ -32,6 +37,7 @@ class Outbox:
         "_frames",
         "_idle",
         "_lot",
+        "_sending",
         "_volatile_at",
         "closed",
         "dropped_volatile",
@@ -45,6 +51,7 @@ class Outbox:
         self._bytes = 0
         self._lot = trio.lowlevel.ParkingLot()
         self._idle = True
+        self._sending = False
         self.closed = False
         self.dropped_volatile = 0
 
@@ -58,7 +65,7 @@ class Outbox:
         if self.closed:
             return True
         size = len(frame)
-        if self._bytes + size > self.max_bytes:
+        if self._sending and self._bytes + size > self.max_bytes:
             if self._volatile_at:
                 self._drop_volatile()
             if self._bytes + size > self.max_bytes:
@@ -118,8 +125,11 @@ class Outbox:
             self._frames = []
             self._volatile_at.clear()
             self._bytes = 0
+            self._sending = True
             try:
                 await stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.closed = True
                 return
+            finally:
+                self._sending = False

@@ -516,3 +516,54 @@ async def test_field_event_names_the_winning_operation_even_after_a_retry(
             assert event["userId"] == "bob"
             confirmations = [await alice.next_event("operation-confirmed") for _ in range(2)]
             assert {c["operationId"] for c in confirmations} == {"f1"}
+
+
+async def test_a_field_write_is_applied_before_a_later_operation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as server:
+        async with server.client("alice") as alice, server.client("bob") as bob:
+            await alice.join("doc")
+            await bob.join("doc")
+            await alice.call("op", _op("doc", "a", "add", "notes", "n", {"title": "v0"}))
+            await alice.emit("field", {"room": "doc", "operationId": "f", "collection": "notes",
+                                       "id": "n", "path": ["title"], "value": "v1"})
+            await trio.sleep(0.002)
+            ack = await alice.call("op", _op("doc", "u", "update", "notes", "n",
+                                             {"title": "v2"}))
+            await _settle()
+            events = [(e, d["seq"]) for e, d in bob.pending_events() if e in ("op", "field")]
+            assert events[-2:] == [("field", 2), ("op", 3)]
+            assert ack["seq"] == 3
+            async with server.client("carol") as carol:
+                assert (await carol.join("doc"))["state"]["notes"]["n"] == {"title": "v2"}
+
+
+async def test_deeply_nested_data_is_refused_and_the_room_lives(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    deep: Any = 1
+    for _ in range(600):
+        deep = {"a": deep}
+    async with open_test_server() as server, server.client("alice") as alice:
+        await alice.join("doc")
+        ack = await alice.call("op", _op("doc", "deep", "add", "c", "1", deep))
+        assert ack["error"]["code"] == "VALIDATION"
+        assert (await alice.call("op", _op("doc", "ok", "add", "c", "1", {"a": 1})))["seq"] == 1
+        assert server.server.registry.get("doc") is not None
+
+
+async def test_a_large_state_can_still_be_joined(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(outbox_max_bytes=64 * 1024, rate_limit_burst=1000,
+                                rate_limit_per_s=1000) as server:
+        async with server.client("alice") as alice:
+            await alice.join("doc")
+            for i in range(40):
+                await alice.call("op", _op("doc", f"o{i}", "add", "c", str(i),
+                                           {"pad": "x" * 4000}))
+            async with server.client("bob") as bob:
+                full = await bob.join("doc")  # ~160 KB of state, over the 64 KiB outbox
+                assert len(full["state"]["c"]) == 40
+                replay = await bob.call("join", {"room": "doc", "since": 0})
+                assert replay["recovered"] is True
+                assert len([1 for e, _ in bob.pending_events() if e == "op"]) == 40

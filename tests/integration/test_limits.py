@@ -198,3 +198,28 @@ async def test_max_connections(autojump_clock: trio.testing.MockClock) -> None:
         with pytest.raises(Exception):  # noqa: B017,PT011 - the handshake is refused (503)
             async with server.client("b"):
                 pass
+
+
+async def test_socket_without_connect_is_closed_after_connect_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from trio_websocket import ConnectionClosed, wrap_client_stream
+
+    from collabtrio.client import socketio_resource
+
+    async with open_test_server(connect_timeout_s=10, max_connections=1) as server:
+        client_end, server_end = trio.testing.memory_stream_pair()
+        server.server.connect_stream(server_end)
+        async with trio.open_nursery() as nursery:
+            ws = await wrap_client_stream(nursery, client_end, "x", socketio_resource())
+            start = trio.current_time()
+            assert (await ws.get_message()).startswith("0")  # the open packet, no CONNECT
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await ws.get_message()
+            assert trio.current_time() - start == pytest.approx(10, abs=0.01)
+            await ws.aclose()
+            await client_end.aclose()
+        # the slot is free again
+        async with server.client("a") as a:
+            assert a.sid

@@ -87,8 +87,33 @@ async def test_mailbox_get_batch_times_out_empty(autojump_clock: trio.testing.Mo
     assert trio.current_time() - start == pytest.approx(7)
 
 
+async def test_outbox_bound_applies_behind_a_blocked_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    box = Outbox(max_bytes=100)
+    client, server = trio.testing.lockstep_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(box.run_writer, client)
+        # a burst queued while no write is in progress is accepted whole
+        assert all(box.push(b"b" * 40) for _ in range(10))
+        await trio.testing.wait_all_tasks_blocked()
+        # the writer is now stuck in send_all (nobody reads): the bound applies
+        assert box.push(b"v" * 40, volatile=True)
+        assert box.push(b"n" * 40)
+        assert box.push(b"m" * 40)
+        assert box.dropped_volatile == 1
+        assert not box.push(b"x" * 40)
+        # reading drains it all, in order
+        data = b""
+        while len(data) < 400 + 80:
+            data += await server.receive_some()
+        assert data == b"b" * 400 + b"n" * 40 + b"m" * 40
+        nursery.cancel_scope.cancel()
+
+
 def test_outbox_drops_volatile_first_then_refuses() -> None:
     box = Outbox(max_bytes=100)
+    box._sending = True  # as while the writer is blocked in send_all
     assert box.push(b"v" * 40, volatile=True)
     assert box.push(b"n" * 40)
     # does not fit: the queued volatile frame is dropped to make room
@@ -101,3 +126,15 @@ def test_outbox_drops_volatile_first_then_refuses() -> None:
     # a non-volatile frame that does not fit is refused: the caller disconnects
     assert not box.push(b"x" * 40)
     assert box.queued_bytes == 80
+
+
+async def test_cancelled_timers_do_not_pile_up(autojump_clock: trio.testing.MockClock) -> None:
+    timers = Timers()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(timers.run)
+        keep = timers.call_later(10, lambda: None)
+        for _ in range(1000):  # e.g. token-expiry timers of short connections
+            timers.call_later(86400, lambda: None).cancel()
+        assert len(timers) < 200
+        assert not keep.cancelled
+        nursery.cancel_scope.cancel()
