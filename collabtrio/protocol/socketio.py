@@ -344,8 +344,13 @@ class Decoder:
             self._reset()
             raise SocketIOProtocolError(f"frame must be str or bytes, not {type(frame).__name__}")
         if self._pending is not None:
+            # the abandoned binary packet's ack id travels with the error, so that
+            # event is still answered
+            pending_id = self._pending.id
             self._reset()
-            raise SocketIOProtocolError("text frame received while binary attachments are pending")
+            raise SocketIOProtocolError(
+                "text frame received while binary attachments are pending", ack_id=pending_id
+            )
         packet, count = self._parse(frame)
         if packet.type not in _BINARY_TYPES or count == 0:
             return packet

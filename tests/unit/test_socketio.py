@@ -425,3 +425,12 @@ def test_decoder_only_raises_protocol_errors(frames: list[str | bytes], limit: i
             assert isinstance(result, Packet)
             assert isinstance(result.type, PacketType)
             assert result.namespace.startswith("/")
+
+
+def test_abandoned_binary_packet_keeps_its_ack_id() -> None:
+    decoder = Decoder()
+    assert decoder.feed('51-7["upload",{"_placeholder":true,"num":0}]') is None
+    with pytest.raises(SocketIOProtocolError) as info:
+        decoder.feed('2["next"]')
+    assert info.value.ack_id == 7
+    assert not decoder.pending
