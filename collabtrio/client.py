@@ -77,6 +77,8 @@ class Client:
         self._reading = trio.Event()
         self._reading.set()
         self.answer_pings = True
+        # acks for ids this client did not ask through call() (raw packets in tests)
+        self.unmatched_acks: list[tuple[int, Any]] = []
 
     # -- sending -------------------------------------------------------------------------
 
@@ -203,9 +205,12 @@ class Client:
             self._events_in.send_nowait((data[0], data[1] if len(data) > 1 else None))
         elif kind in (socketio.PacketType.ACK, socketio.PacketType.BINARY_ACK):
             entry = self._acks.get(packet.id) if packet.id is not None else None
+            payload = packet.data[0] if packet.data else None
             if entry is not None:
-                entry[1].append(packet.data[0] if packet.data else None)
+                entry[1].append(payload)
                 entry[0].set()
+            elif packet.id is not None:
+                self.unmatched_acks.append((packet.id, payload))
         elif kind is socketio.PacketType.CONNECT:
             self.sid = packet.data.get("sid") if isinstance(packet.data, dict) else None
             self._connected.set()

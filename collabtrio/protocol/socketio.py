@@ -358,6 +358,12 @@ class Decoder:
         self._count = count
         return None
 
+    def abandon(self) -> int | None:
+        """Drop a binary packet still waiting for attachments; return its ack id."""
+        pending_id = self._pending.id if self._pending is not None else None
+        self._reset()
+        return pending_id
+
     def _complete(self) -> Packet:
         pending = self._pending
         assert pending is not None

@@ -387,6 +387,11 @@ class Connection:
         if size * 4 > self.app.config.max_event_bytes:
             size = len(message.encode("utf-8", "surrogatepass"))
         self._binary_size = size
+        if self.decoder.pending:
+            # a new packet before the attachments the last one announced: answer the
+            # abandoned event, then read the new packet as usual
+            self._on_bad_packet("a binary packet's attachments did not arrive",
+                                self.decoder.abandon())
         try:
             packet = self.decoder.feed(message[1:])
         except socketio.TooManyAttachments as exc:

@@ -223,3 +223,18 @@ async def test_socket_without_connect_is_closed_after_connect_timeout(
         # the slot is free again
         async with server.client("a") as a:
             assert a.sid
+
+
+async def test_binary_packet_without_its_attachments_is_still_answered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as server, server.client("a") as a:
+        await a.join("r")
+        # announces one attachment (ack id 900) but the next frame is a new packet
+        await a.send_raw('451-900["broadcast",{"room":"r","event":"e","data":'
+                         '{"_placeholder":true,"num":0}}]')
+        ack = await a.call("cursor", {"room": "r", "cursor": 1})
+        assert ack == {"ok": True}  # the new packet was read as usual
+        [(ack_id, abandoned)] = a.unmatched_acks
+        assert ack_id == 900
+        assert abandoned["error"]["code"] == "VALIDATION"
