@@ -397,8 +397,9 @@ class Room:
                 return
             self._relay_move(cmd)
             if data.get("commit") is not True:
-                if cmd.ack_id is not None:
-                    conn.ack(cmd.ack_id, {"ok": True, "operationId": op_id, "seq": None})
+                # relayed only: answered at once (ack, or operation-confirmed without one)
+                conn.confirm(cmd.ack_id, {"ok": True, "operationId": op_id, "seq": None,
+                                          "serverTimestamp": self.registry.wall_ms()})
                 return
         assert self.keeper is not None
         self.keeper.submit(cmd)

@@ -157,7 +157,9 @@ async def test_move_is_relayed_at_once_and_stored_on_commit(
             bob.pending_events()
             ack = await alice.call("op", _op("doc", "m1", "move", "n", "1",
                                              {"position": [5, 5]}))
-            assert ack == {"ok": True, "operationId": "m1", "seq": None}
+            assert ack["ok"] is True
+            assert ack["operationId"] == "m1"
+            assert ack["seq"] is None
             got = await bob.next_event("op")
             assert got["seq"] is None
             assert got["data"] == {"position": [5, 5]}
@@ -167,6 +169,11 @@ async def test_move_is_relayed_at_once_and_stored_on_commit(
             await _settle()
             moves = _events(bob, "op")
             assert [m["seq"] for m in moves] == [None, 2]  # relayed, then stored with a seq
+            # without an ack, a relayed move is confirmed like any other operation
+            await alice.emit("op", _op("doc", "m3", "move", "n", "1", {"position": [1, 1]}))
+            confirmed = await alice.next_event("operation-confirmed")
+            assert confirmed["operationId"] == "m3"
+            assert confirmed["seq"] is None
             async with server.client("carol") as carol:
                 state = (await carol.join("doc"))["state"]
                 assert state["n"]["1"]["position"] == [9, 9]
