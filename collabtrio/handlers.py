@@ -85,11 +85,19 @@ async def _deliver(room: Room, cmd: Command) -> None:
                           retryable=True) from None
 
 
+DOCUMENT_QUEUE_WAIT_S = 1.0
+
+
 async def _document_space(room: Room) -> None:
     # the room hands document commands straight to its keeper, so the bound that
-    # protects memory is the keeper's queue
-    if room.keeper is not None:
-        await room.keeper.wait_for_space()
+    # protects memory is the keeper's queue: wait a little, then a retryable refusal
+    keeper = room.keeper
+    if keeper is not None and keeper.full and not await keeper.wait_for_space(
+        DOCUMENT_QUEUE_WAIT_S
+    ):
+        raise CollabError(ErrorCode.RATE_LIMITED,
+                          f"room {room.id!r} is busy storing earlier changes; retry shortly",
+                          retryable=True)
 
 
 def _joined_room(conn: Connection, room_id: str, event: str) -> Any:

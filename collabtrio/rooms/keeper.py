@@ -83,12 +83,14 @@ class ChatCmd:
 
 DocCommand = OpCmd | FieldCmd | ChatCmd
 
+RESYNC_RETRY_S = 1.0
+
 _EVENT_NAMES: dict[type, str] = {OpCmd: "op", FieldCmd: "field", ChatCmd: "chat"}
 _INTERNAL = CollabError(ErrorCode.INTERNAL, "internal error; the operation was not applied")
 _UNAVAILABLE = CollabError(
     ErrorCode.STORAGE_UNAVAILABLE,
     "storage is unavailable; the operation may not have been applied: retry it "
-    "with the same operationId",
+    "with the same operationId (clientId for chat)",
     retryable=True,
 )
 
@@ -174,11 +176,22 @@ class DocumentKeeper:
         self._inbox.append(cmd)
         self._wakeup.unpark()
 
-    async def wait_for_space(self) -> None:
-        """Wait while ``room_inbox_size`` document commands are queued (backpressure:
-        the sender's connection stops reading until its room catches up)."""
-        while len(self._inbox) >= self.config.room_inbox_size:
-            await self._space.park()
+    @property
+    def full(self) -> bool:
+        """``room_inbox_size`` document commands are waiting."""
+        return len(self._inbox) >= self.config.room_inbox_size
+
+    async def wait_for_space(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` while the queue is full; False if it still is.
+
+        Short waits absorb bursts (a commit drains the whole queue); past the timeout
+        the caller refuses instead, because a connection that stops reading for long
+        stops reading its pongs too and would be dropped for a ping timeout.
+        """
+        with trio.move_on_after(timeout):
+            while self.full:
+                await self._space.park()
+        return not self.full
 
     def refuse_pending(self, err: CollabError) -> None:
         """Answer every queued command and pending field write with ``err``."""
@@ -193,8 +206,8 @@ class DocumentKeeper:
 
     @property
     def idle(self) -> bool:
-        """Nothing queued and no field write pending."""
-        return not self._inbox and not self.debouncer.pending
+        """Nothing queued, no field write pending and no commit running."""
+        return not self._inbox and not self.debouncer.pending and not self._lock.locked()
 
     # -- the task ------------------------------------------------------------------------
 
@@ -202,7 +215,11 @@ class DocumentKeeper:
         """Process batches until cancelled (see :meth:`close` for the final flush)."""
         while True:
             if not self._inbox:
-                with trio.move_on_at(self.debouncer.next_deadline()):
+                deadline = self.debouncer.next_deadline()
+                if self._stale:
+                    # find out soon whether a failed commit landed, even if nobody writes
+                    deadline = min(deadline, trio.current_time() + RESYNC_RETRY_S)
+                with trio.move_on_at(deadline):
                     await self._wakeup.park()
             await self.process(final=False)
             if self.config.max_ops_per_commit == 1:
@@ -262,7 +279,7 @@ class DocumentKeeper:
         try:
             with trio.CancelScope(shield=True):
                 snapshot = await self._reload()
-        except StorageError as exc:
+        except Exception as exc:
             log.warning("room %s: reload failed: %s", self.room_id, exc)
             self.refuse_pending(_UNAVAILABLE)
             return False
@@ -452,16 +469,34 @@ class DocumentKeeper:
             self._broadcast("field", payload, exclude=writer)
             for w, result in results:
                 w.conn.confirm(w.ack_id, result)
+            for op_id in seen:  # retries that arrived after the write was planned
+                first = batch.operations[op_id].result
+                for other, other_ack in batch.late_answers.get(op_id, ()):
+                    other.confirm(other_ack, first)
 
         def fail(err: CollabError) -> None:
             for w in entry.waiters:
                 w.conn.reply_error(w.ack_id, err, "field", w.operation_id)
+            for op_id in seen:
+                for other, other_ack in batch.late_answers.get(op_id, ()):
+                    other.reply_error(other_ack, err, "field", op_id)
 
         batch.deliveries.append(deliver)
         batch.failures.append(fail)
 
     def _plan_chat(self, batch: _Batch, cmd: ChatCmd) -> None:
         msg, conn = cmd.msg, cmd.conn
+        # a clientId makes a chat message idempotent like an operationId
+        key = f"chat:{_identity(conn)[0]}:{msg.client_id}" if msg.client_id else None
+        if key is not None:
+            record = self.operations.get(key)
+            if record is not None:  # a retry: the first answer, no second message
+                if cmd.ack_id is not None:
+                    conn.ack(cmd.ack_id, record.result)
+                return
+            if key in batch.operations or key in batch.late_answers:
+                batch.late_answers.setdefault(key, []).append((conn, cmd.ack_id))
+                return
         seq = self._next_seq(batch)
         created = self.wall_clock()
         user_id, user_name = _identity(conn)
@@ -472,14 +507,21 @@ class DocumentKeeper:
         batch.history.append(HistoryEntry(seq, "chat", payload, created))
         ack_id = cmd.ack_id
         result = {"ok": True, "seq": seq, "clientId": msg.client_id}
+        if key is not None:
+            batch.operations[key] = OperationRecord(key, seq, result)
 
         def deliver() -> None:
             self._broadcast("chat", payload, exclude=None)
             if ack_id is not None:
                 conn.ack(ack_id, result)
+            for other, other_ack in batch.late_answers.get(key or "", ()):
+                if other_ack is not None:
+                    other.ack(other_ack, result)
 
         def fail(err: CollabError) -> None:
             conn.reply_error(ack_id, err, "chat")
+            for other, other_ack in batch.late_answers.get(key or "", ()):
+                other.reply_error(other_ack, err, "chat")
 
         batch.deliveries.append(deliver)
         batch.failures.append(fail)

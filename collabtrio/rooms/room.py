@@ -187,7 +187,10 @@ class Room:
             if self.keeper is not None:
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + cfg.flush_timeout_s
-                    await self.keeper.close()
+                    try:
+                        await self.keeper.close()
+                    except Exception:
+                        log.exception("room %s: final flush failed", self.id)
                 if scope.cancelled_caught:
                     log.error("room %s: final flush did not finish in %ss",
                               self.id, cfg.flush_timeout_s)

@@ -14,10 +14,11 @@ the volatile frames already queued (cursor, selection, typing, move, awareness);
 volatile frame that still does not fit is dropped; a non-volatile one that does not
 fit makes :meth:`push` return ``False`` and the caller disconnects that client
 (``slow-consumer``). What the server queues in one go while no write is in progress
-(a join's full state, a replay, a committed batch of operations) is accepted whole
-and written at once, so a client that reads is never cut off for a burst the server
-itself produced. Memory per connection is therefore bounded by the limit plus one
-batch in flight.
+(a join's full state, a replay, a committed batch of operations) may use
+``BURST_FACTOR`` times the bound, and a single frame into an empty queue (a large
+join state) is always accepted, so a client that reads is not cut off for a burst the
+server itself produced. Memory per connection is therefore bounded by
+``BURST_FACTOR`` times the limit, plus one frame, plus one batch in flight.
 
 Every byte written to the socket after the handshake goes through the outbox (pongs
 and close frames included), so the writer task owns the stream for writing and no lock
@@ -27,6 +28,8 @@ is needed.
 from __future__ import annotations
 
 import trio
+
+BURST_FACTOR = 8
 
 
 class Outbox:
@@ -65,10 +68,11 @@ class Outbox:
         if self.closed:
             return True
         size = len(frame)
-        if self._sending and self._bytes + size > self.max_bytes:
+        limit = self.max_bytes if self._sending else self.max_bytes * BURST_FACTOR
+        if self._bytes + size > limit and (self._sending or self._frames):
             if self._volatile_at:
                 self._drop_volatile()
-            if self._bytes + size > self.max_bytes:
+            if self._bytes + size > limit:
                 if volatile:
                     self.dropped_volatile += 1
                     return True

@@ -574,3 +574,116 @@ async def test_a_large_state_can_still_be_joined(autojump_clock: trio.testing.Mo
                 replay = await bob.call("join", {"room": "doc", "since": 0})
                 assert replay["recovered"] is True
                 assert len([1 for e, _ in bob.pending_events() if e == "op"]) == 40
+
+
+class _SlowStore(MemoryStore):
+    """A memory store whose commits take ``delay`` seconds (trio time)."""
+
+    delay = 0.0
+    land_then_fail = False
+
+    async def commit(self, changes: Any) -> None:
+        await trio.sleep(self.delay)
+        await super().commit(changes)
+        if self.land_then_fail:
+            self.land_then_fail = False
+            from collabtrio.storage.base import StorageUnavailable
+
+            raise StorageUnavailable("connection lost after COMMIT")
+
+
+async def test_a_room_does_not_close_while_its_commit_runs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = _SlowStore()
+    async with open_test_server(store=store, room_idle_s=1) as server:
+        async with server.client("alice") as alice:
+            await alice.join("doc")
+            await alice.call("op", _op("doc", "a", "add", "n", "1", {"v": 0}))
+            store.delay = 3
+            await alice.emit("op", _op("doc", "b", "update", "n", "1", {"v": 1}))
+            await trio.sleep(0.01)
+            room = server.server.registry.get("doc")
+            await alice.call("leave", {"room": "doc"})
+        await trio.sleep(1.5)  # past the idle time, the commit still running
+        assert server.server.registry.get("doc") is room  # not closed under it
+        async with server.client("bob") as bob:
+            joined = await bob.join("doc")
+            if joined["seq"] == 1:  # joined before the commit landed: it arrives live
+                assert (await bob.next_event("op", timeout=5))["seq"] == 2
+            async with server.client("carol") as carol:
+                later = await carol.join("doc")
+                assert later["seq"] == 2
+                assert later["state"]["n"]["1"] == {"v": 1}
+
+
+async def test_a_commit_that_landed_despite_an_error_is_found_without_new_writes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = _SlowStore()
+    async with open_test_server(store=store) as server:
+        async with server.client("alice") as alice, server.client("bob") as bob:
+            await alice.join("doc")
+            await bob.join("doc")
+            store.land_then_fail = True
+            ack = await alice.call("chat", {"room": "doc", "text": "hello", "clientId": "c1"})
+            assert ack["error"]["code"] == "STORAGE_UNAVAILABLE"
+            # nobody writes; the room finds the stored message and broadcasts it
+            got = await bob.next_event("chat", timeout=5)
+            assert got["seq"] == 1
+            assert got["text"] == "hello"
+            # the sender's retry with the same clientId gets the first answer, no copy
+            again = await alice.call("chat", {"room": "doc", "text": "hello", "clientId": "c1"})
+            assert again["seq"] == 1
+            await _settle()
+            assert [m["seq"] for m in _events(bob, "chat")] == []
+            snapshot = await store.load_room("doc", history_limit=10, chat_limit=10)
+            assert [m.seq for m in snapshot.chat] == [1]
+
+
+async def test_a_field_retry_is_answered_even_when_an_op_flushed_it_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = _SlowStore()
+    async with open_test_server(store=store) as server, server.client("alice") as alice:
+        await alice.join("doc")
+        await alice.call("op", _op("doc", "a", "add", "n", "1", {}))
+        store.delay = 1  # the keeper is busy: the next commands form one batch
+        await alice.emit("op", _op("doc", "b", "add", "n", "2", {}))
+        await trio.sleep(0.01)
+        field = {"room": "doc", "operationId": "f1", "collection": "n", "id": "1",
+                 "path": ["k"], "value": 1}
+        async with trio.open_nursery() as nursery:
+            results: list[Any] = []
+
+            async def call(event: str, payload: dict[str, Any]) -> None:
+                results.append(await alice.call(event, payload))
+
+            nursery.start_soon(call, "field", field)
+            await trio.sleep(0.001)
+            nursery.start_soon(call, "op", _op("doc", "u", "update", "n", "1", {"z": 1}))
+            await trio.sleep(0.001)
+            nursery.start_soon(call, "field", field)  # a retry of f1
+        assert len(results) == 3
+        assert all(r["ok"] for r in results)
+        f1 = [r for r in results if r["operationId"] == "f1"]
+        assert f1[0]["seq"] == f1[1]["seq"]
+
+
+async def test_a_stalled_room_refuses_more_writes_after_a_short_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = _SlowStore()
+    async with open_test_server(store=store, room_inbox_size=4) as server:
+        async with server.client("alice") as alice:
+            await alice.join("doc")
+            store.delay = 30  # storage stalls
+            for i in range(8):
+                await alice.emit("op", _op("doc", f"o{i}", "add", "n", str(i), {}))
+            start = trio.current_time()
+            busy = await alice.next_event("operation-error", timeout=10)
+            assert busy["type"] == "RATE_LIMITED"
+            assert busy["retryable"] is True
+            assert trio.current_time() - start <= 1.5  # refused after the short wait
+            # the connection still reads: relays and pings go on
+            assert (await alice.call("cursor", {"room": "doc", "cursor": 1})) == {"ok": True}
