@@ -69,6 +69,7 @@ T = TypeVar("T")
 
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 4
+RECONNECT_TIMEOUT_S = 8.0
 PROBE_TIMEOUT_S = 1.0  # while the server is known to be down, one call at a time waits this
 CONNECT_TIMEOUT_S = 5  # libpq connect_timeout, unless the URL sets one
 OPEN_TIMEOUT_S = 10.0  # for the pool's first connection at start-up
@@ -441,6 +442,11 @@ def _start(
         check=psycopg_pool.ConnectionPool.check_connection,
         timeout=call_timeout,
         name="collabtrio",
+        # the pool retries a lost connection with a doubling delay until this runs
+        # out, then gives up and starts afresh (1 s delay) on the next demand: a short
+        # value keeps recovery after an outage within seconds rather than as long
+        # again as the outage
+        reconnect_timeout=RECONNECT_TIMEOUT_S,
         open=False,
     )
     try:
