@@ -59,11 +59,11 @@ from .base import (
 from .migrations import (
     LATEST_VERSION,
     POSTGRES_MIGRATIONS,
-    check_role,
     dumps,
     entity_rows,
     too_new_message,
 )
+from .sqlstore import SQLStore, Statements
 
 T = TypeVar("T")
 
@@ -119,7 +119,7 @@ class _Unavailable(StorageUnavailable):
         self.connection_lost = connection_lost
 
 
-class PostgresStore:
+class PostgresStore(SQLStore[psycopg.Connection[Any]]):
     """An open PostgreSQL database (see the module docstring).
 
     Resource handling: :meth:`open` returns a store owning a connection pool (and its
@@ -141,7 +141,7 @@ class PostgresStore:
         self._limiter = trio.CapacityLimiter(POOL_MAX_SIZE)
         self._down = False
         self._probing = False
-        self._wall_clock = wall_clock
+        super().__init__(_STATEMENTS, wall_clock)
         self._call_timeout = call_timeout
 
     @classmethod
@@ -216,47 +216,6 @@ class PostgresStore:
         row = await self._run(
             lambda c: c.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
             .fetchone()
-        )
-        return int(row[0]) if row else 0
-
-    async def load_room(self, room: str, *, history_limit: int, chat_limit: int) -> RoomSnapshot:
-        """See :meth:`Store.load_room`; one REPEATABLE READ transaction."""
-        return await self._run(lambda c: _load_room(c, room, history_limit, chat_limit))
-
-    async def commit(self, changes: Sequence[RoomChanges]) -> None:
-        """See :meth:`Store.commit`: one transaction, sent as a pipeline.
-
-        Raises :class:`StorageUnavailable` (rolled back, nothing written) on any error,
-        including a constraint violated by the data (a history ``seq`` already stored)
-        and data PostgreSQL or JSON cannot hold.
-        """
-        if not changes:
-            return
-        now = self._wall_clock()
-        await self._run(lambda c: _commit(c, changes, now))
-
-    async def chat_page(self, room: str, *, before: int | None, limit: int) -> list[ChatMessage]:
-        """See :meth:`Store.chat_page`."""
-        return await self._run(lambda c: _chat_page(c, room, before, limit))
-
-    async def grants_for(self, user_id: str) -> dict[str, Role]:
-        """See :meth:`Store.grants_for`."""
-        rows = await self._run(
-            lambda c: c.execute(
-                "SELECT pattern, role FROM grants WHERE user_id = %s", (user_id,)
-            ).fetchall()
-        )
-        return {pattern: cast(Role, role) for pattern, role in rows}
-
-    async def set_grant(self, pattern: str, user_id: str, role: Role | None) -> None:
-        """See :meth:`Store.set_grant`; ``ValueError`` for an unknown role."""
-        check_role(role)
-        await self._run(lambda c: _set_grant(c, pattern, user_id, role))
-
-    async def grants_version(self) -> int:
-        """See :meth:`Store.grants_version`."""
-        row = await self._run(
-            lambda c: c.execute("SELECT value FROM meta WHERE key = 'grants_version'").fetchone()
         )
         return int(row[0]) if row else 0
 
@@ -494,3 +453,9 @@ def _migrate(conn: psycopg.Connection[Any], where: str) -> None:
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
                 (version + 1, time.time()),
             )
+
+
+_STATEMENTS: Statements[psycopg.Connection[Any]] = Statements(
+    load_room=_load_room, commit=_commit, chat_page=_chat_page, set_grant=_set_grant,
+    param="%s",
+)

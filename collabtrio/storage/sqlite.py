@@ -32,7 +32,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import trio
 
@@ -49,12 +49,12 @@ from .base import (
 from .migrations import (
     LATEST_VERSION,
     SQLITE_MIGRATIONS,
-    check_role,
     dumps,
     entity_rows,
     loads,
     too_new_message,
 )
+from .sqlstore import SQLStore, Statements
 
 T = TypeVar("T")
 
@@ -77,7 +77,7 @@ def path_from_url(url: str) -> str:
     return rest[1:]
 
 
-class SQLiteStore:
+class SQLiteStore(SQLStore[sqlite3.Connection]):
     """An open SQLite database (see the module docstring).
 
     Resource handling: :meth:`open` returns a store owning one connection; :meth:`close`
@@ -91,7 +91,7 @@ class SQLiteStore:
         self.path = path_from_url(url)
         self._conn: sqlite3.Connection | None = conn
         self._limiter = trio.CapacityLimiter(1)
-        self._wall_clock = wall_clock
+        super().__init__(_STATEMENTS, wall_clock)
 
     @classmethod
     async def open(
@@ -142,47 +142,6 @@ class SQLiteStore:
         """``PRAGMA user_version``."""
         row = await self._run(lambda c: c.execute("PRAGMA user_version").fetchone())
         return int(row[0])
-
-    async def load_room(self, room: str, *, history_limit: int, chat_limit: int) -> RoomSnapshot:
-        """See :meth:`Store.load_room`; one read transaction, so a consistent view."""
-        return await self._run(lambda c: _load_room(c, room, history_limit, chat_limit))
-
-    async def commit(self, changes: Sequence[RoomChanges]) -> None:
-        """See :meth:`Store.commit`: one ``BEGIN IMMEDIATE`` ... ``COMMIT``.
-
-        Raises :class:`StorageUnavailable` (rolled back, nothing written) on any
-        database error, including a constraint violated by the data (for example a
-        history ``seq`` already stored) and data that is not JSON.
-        """
-        if not changes:
-            return
-        now = self._wall_clock()
-        await self._run(lambda c: _commit(c, changes, now))
-
-    async def chat_page(self, room: str, *, before: int | None, limit: int) -> list[ChatMessage]:
-        """See :meth:`Store.chat_page`."""
-        return await self._run(lambda c: _chat_page(c, room, before, limit))
-
-    async def grants_for(self, user_id: str) -> dict[str, Role]:
-        """See :meth:`Store.grants_for`."""
-        rows = await self._run(
-            lambda c: c.execute(
-                "SELECT pattern, role FROM grants WHERE user_id = ?", (user_id,)
-            ).fetchall()
-        )
-        return {pattern: cast(Role, role) for pattern, role in rows}
-
-    async def set_grant(self, pattern: str, user_id: str, role: Role | None) -> None:
-        """See :meth:`Store.set_grant`; ``ValueError`` for an unknown role."""
-        check_role(role)
-        await self._run(lambda c: _set_grant(c, pattern, user_id, role))
-
-    async def grants_version(self) -> int:
-        """See :meth:`Store.grants_version`."""
-        row = await self._run(
-            lambda c: c.execute("SELECT value FROM meta WHERE key = 'grants_version'").fetchone()
-        )
-        return int(row[0]) if row else 0
 
     async def close(self) -> None:
         """Close the database file (idempotent); waits for a running call to finish."""
@@ -465,3 +424,9 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+
+_STATEMENTS: Statements[sqlite3.Connection] = Statements(
+    load_room=_load_room, commit=_commit, chat_page=_chat_page, set_grant=_set_grant,
+    param="?",
+)
