@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import queue
 import re
 import shutil
 import signal
@@ -25,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +32,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped, unused-ignore]
 from fanout import (  # the same helpers as the fan-out benchmark
     BenchError,
+    Loadgen,
     Pinning,
     _cpu_model,
     choose_pinning,
@@ -221,76 +219,6 @@ class Server:
         return None
 
 
-class Gen:
-    """A running bench/opsgen.js; its JSON stdout lines arrive on a queue."""
-
-    def __init__(self, prefix: list[str], node: str, args: list[str], workdir: Path) -> None:
-        self.argv = [*prefix, node, str(OPSGEN), *args]
-        self.stderr_path = workdir / "opsgen.stderr.log"
-        with self.stderr_path.open("ab") as err:
-            self.proc = subprocess.Popen(
-                self.argv,
-                cwd=BENCH,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                start_new_session=True,
-            )
-        self.ps = psutil.Process(self.proc.pid)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self.lines.put(raw.decode(errors="replace").strip())
-        self.lines.put(None)
-
-    def read(self, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BenchError(f"opsgen: no output within {timeout:.0f}s")
-            try:
-                line = self.lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                self.proc.wait()
-                raise BenchError(
-                    f"opsgen exited (code {self.proc.returncode}) without a result:\n"
-                    f"{tail(self.stderr_path)}"
-                )
-            if not line.startswith("{"):
-                continue
-            msg: dict[str, Any] = json.loads(line)
-            if "error" in msg:
-                raise BenchError(f"opsgen {msg.get('mode')}: {msg['error']}")
-            return msg
-
-    def go(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(b"go\n")
-        self.proc.stdin.flush()
-
-    def cpu_seconds(self) -> float:
-        t = self.ps.cpu_times()
-        return float(t.user + t.system)
-
-    def stop(self) -> None:
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            with contextlib.suppress(BrokenPipeError):
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
-# ------------------------------------------------------------------------------------------
 # one case: fresh db + fresh server + one opsgen run
 
 
@@ -330,7 +258,7 @@ def run_case(ctx: Ctx, case: Case, gen_timeout: float) -> dict[str, Any]:
     ]  # fmt: skip
     out: dict[str, Any] = {"label": case.label, "db": case.db, "command": argv}
     server = Server(argv, port, workdir)
-    gen: Gen | None = None
+    gen: Loadgen | None = None
     xact0 = xact1 = None
     try:
         db.create()
@@ -342,19 +270,19 @@ def run_case(ctx: Ctx, case: Case, gen_timeout: float) -> dict[str, Any]:
                 del env[key]
         server.start(env, ready_timeout=a.startup_timeout)
         gen_argv = ["--url", f"http://127.0.0.1:{port}", "--wait-go", *case.gen_args]
-        gen = Gen(ctx.pin.loadgen, a.node, gen_argv, workdir)
+        gen = Loadgen(ctx.pin.loadgen, a.node, gen_argv, workdir, script=OPSGEN)
         ctx.live.append(gen)
         gen.read(timeout=120)  # {"phase": "ready"}
         srv_wait0 = runqueue_wait_seconds(server.proc.pid)  # type: ignore[union-attr]
         cpus0 = percpu_snapshot()
         srv0, node0, t0 = server.cpu_seconds(), gen.cpu_seconds(), time.perf_counter()
-        gen.go()
+        gen.send_line()
         result = gen.read(timeout=gen_timeout)
         srv1, node1, t1 = server.cpu_seconds(), gen.cpu_seconds(), time.perf_counter()
         cpus1 = percpu_snapshot()
         srv_wait1 = runqueue_wait_seconds(server.proc.pid)  # type: ignore[union-attr]
         server.check_alive()
-        gen.stop()
+        gen.finish(5)
         wall = t1 - t0
         out.update(result)
         out["window_s"] = wall
@@ -369,7 +297,7 @@ def run_case(ctx: Ctx, case: Case, gen_timeout: float) -> dict[str, Any]:
         out["error"] = str(exc)
     finally:
         if gen is not None:
-            gen.stop()
+            gen.finish(5)
             ctx.live.remove(gen)
         out["server_exit"] = server.stop()
         counts = server.storage_counts()

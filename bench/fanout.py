@@ -232,11 +232,16 @@ class Server:
 
 
 class Loadgen:
-    """A running bench/loadgen.js; its stdout JSON lines arrive on a queue."""
+    """A running Node load generator (bench/loadgen.js by default); its stdout JSON
+    lines arrive on a queue."""
 
-    def __init__(self, prefix: list[str], node: str, args: list[str], workdir: Path) -> None:
-        self.argv = [*prefix, node, str(LOADGEN), *args]
-        self.stderr_path = workdir / "loadgen.stderr.log"
+    def __init__(
+        self, prefix: list[str], node: str, args: list[str], workdir: Path,
+        script: Path = LOADGEN,
+    ) -> None:
+        self.name = script.stem
+        self.argv = [*prefix, node, str(script), *args]
+        self.stderr_path = workdir / f"{self.name}.stderr.log"
         with self.stderr_path.open("ab") as err:
             self.proc = subprocess.Popen(
                 self.argv,
@@ -262,7 +267,7 @@ class Loadgen:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise BenchError(f"loadgen: no output within {timeout:.0f}s ({self.argv[2:]})")
+                raise BenchError(f"{self.name}: no output within {timeout:.0f}s ({self.argv[2:]})")
             try:
                 line = self.lines.get(timeout=remaining)
             except queue.Empty:
@@ -270,14 +275,14 @@ class Loadgen:
             if line is None:
                 self.proc.wait()
                 raise BenchError(
-                    f"loadgen exited (code {self.proc.returncode}) without a result:\n"
+                    f"{self.name} exited (code {self.proc.returncode}) without a result:\n"
                     f"{tail(self.stderr_path)}"
                 )
             if not line.startswith("{"):
                 continue
             msg: dict[str, Any] = json.loads(line)
             if "error" in msg:
-                raise BenchError(f"loadgen {msg.get('mode')}: {msg['error']}")
+                raise BenchError(f"{self.name} {msg.get('mode')}: {msg['error']}")
             return msg
 
     def send_line(self, text: str = "go") -> None:

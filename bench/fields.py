@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             S.step(TAG, "interrupted; stopping child processes")
             for gen in list(ctx.live):
-                gen.stop()
+                gen.finish(5)
             raise
 
     summary = {db: {m: summarize(rs) for m, rs in by_mode.items()} for db, by_mode in runs.items()}

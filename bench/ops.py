@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             S.step(TAG, "interrupted; stopping child processes")
             for gen in list(ctx.live):
-                gen.stop()
+                gen.finish(5)
             raise
 
     summary = {
