@@ -129,3 +129,37 @@ def server_factory(tmp_path: Path) -> Iterator[Any]:
             problems.append(f"server {srv.url} logged a traceback:\n{log[-6000:]}")
     if problems:
         pytest.fail("\n\n".join(problems))
+
+
+# -- PostgreSQL, shared by the storage contract suite and the fault tests ---------------
+
+POSTGRES_URL = os.environ.get(
+    "COLLABTRIO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def services_required() -> bool:
+    """``COLLABTRIO_REQUIRE_SERVICES=1``: a missing service fails instead of skipping."""
+    return os.environ.get("COLLABTRIO_REQUIRE_SERVICES", "") not in ("", "0")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL of a reachable PostgreSQL; skip if there is none, unless
+    ``COLLABTRIO_REQUIRE_SERVICES=1``, which fails instead."""
+    reason = None
+    try:
+        import psycopg
+    except ImportError:
+        reason = "psycopg is not installed (pip install 'collabtrio[postgres]')"
+    else:
+        try:
+            with psycopg.connect(POSTGRES_URL, connect_timeout=3) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            reason = f"PostgreSQL at {POSTGRES_URL} is unreachable: {str(exc).strip()}"
+    if reason is not None:
+        if services_required():
+            pytest.fail(f"COLLABTRIO_REQUIRE_SERVICES is set but {reason}")
+        pytest.skip(reason)
+    return POSTGRES_URL

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -32,23 +31,20 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import pytest
 import socketio
 
-from tests.conftest import SECRET, ServerProcess, clean_env, start_server
+from tests.conftest import (
+    SECRET,
+    ServerProcess,
+    clean_env,
+    start_server,
+)
 
 CALL_TIMEOUT_S = 10.0
 RUN_TIMEOUT_S = 60.0
-POSTGRES_URL = os.environ.get(
-    "COLLABTRIO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float = RUN_TIMEOUT_S) -> Any:
     """Run ``coro`` in a fresh asyncio loop, bounded by ``timeout``."""
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-def services_required() -> bool:
-    """``COLLABTRIO_REQUIRE_SERVICES=1``: a missing service fails instead of skipping."""
-    return os.environ.get("COLLABTRIO_REQUIRE_SERVICES", "") not in ("", "0")
 
 
 # -- clients ----------------------------------------------------------------------------
@@ -247,28 +243,6 @@ def run_serve_to_exit(cwd: Path, *flags: str, timeout: float = 30) -> tuple[
 
 
 # -- PostgreSQL -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> str:
-    """The admin URL of a reachable PostgreSQL; skip if there is none, unless
-    ``COLLABTRIO_REQUIRE_SERVICES=1``, which fails instead."""
-    reason = None
-    try:
-        import psycopg
-    except ImportError:
-        reason = "psycopg is not installed (pip install 'collabtrio[postgres]')"
-    else:
-        try:
-            with psycopg.connect(POSTGRES_URL, connect_timeout=3) as conn:
-                conn.execute("SELECT 1")
-        except psycopg.Error as exc:
-            reason = f"PostgreSQL at {POSTGRES_URL} is unreachable: {str(exc).strip()}"
-    if reason is not None:
-        if services_required():
-            pytest.fail(f"COLLABTRIO_REQUIRE_SERVICES is set but {reason}")
-        pytest.skip(reason)
-    return POSTGRES_URL
 
 
 @pytest.fixture

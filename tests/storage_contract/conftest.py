@@ -13,7 +13,6 @@ which makes them fail instead.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,14 +22,7 @@ import pytest
 
 from collabtrio.storage import Store, open_store
 
-POSTGRES_URL = os.environ.get(
-    "COLLABTRIO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 BACKENDS = ["sqlite", "postgres", "memory"]
-
-
-def services_required() -> bool:
-    return os.environ.get("COLLABTRIO_REQUIRE_SERVICES", "") not in ("", "0")
 
 
 def with_query(url: str, **params: str) -> str:
@@ -38,27 +30,6 @@ def with_query(url: str, **params: str) -> str:
     parts = urlsplit(url)
     query = "&".join(q for q in (parts.query, urlencode(params)) if q)
     return urlunsplit(parts._replace(query=query))
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> str:
-    """The admin URL of a reachable PostgreSQL (skip or fail, see the module doc)."""
-    reason = None
-    try:
-        import psycopg
-    except ImportError:
-        reason = "psycopg is not installed (pip install 'collabtrio[postgres]')"
-    else:
-        try:
-            with psycopg.connect(POSTGRES_URL, connect_timeout=3) as conn:
-                conn.execute("SELECT 1")
-        except psycopg.Error as exc:
-            reason = f"PostgreSQL at {POSTGRES_URL} is unreachable: {str(exc).strip()}"
-    if reason is not None:
-        if services_required():
-            pytest.fail(f"COLLABTRIO_REQUIRE_SERVICES is set but {reason}")
-        pytest.skip(reason)
-    return POSTGRES_URL
 
 
 @pytest.fixture
