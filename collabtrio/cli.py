@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -21,13 +22,57 @@ from typing import Any
 import trio
 
 from . import __version__
-from .auth import ROOM_PATTERN_RE, mint_token, parse_room_grant, parse_ttl
-from .config import ROLES, Config, Role, settings
+from .auth import mint_token
+from .config import Config, settings
+from .protocol.ids import ROLES, ROOM_PATTERN_RE, Role
 from .storage import StorageError, open_store
 
 ENV_PREFIX = "COLLABTRIO_"
+_TTL_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_TTL_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_room_grant(spec: str) -> tuple[str, Role]:
+    """Parse ``"<room or prefix*>=<role>"`` (e.g. ``"doc:*=write"`` -> ``("doc:*", "write")``).
+
+    Whitespace around both parts is ignored and the role is case-insensitive.
+    Raises :class:`ValueError` with a message naming the problem when there is no
+    ``=``, the room part is not a room id / ``prefix*`` / ``*``, or the role is not
+    read/write/admin.
+    """
+    room, sep, role = spec.rpartition("=")
+    if not sep:
+        raise ValueError(f"bad room grant {spec!r}: expected ROOM=ROLE, e.g. 'doc:*=write'")
+    room = room.strip()
+    role = role.strip().lower()
+    if not ROOM_PATTERN_RE.fullmatch(room):
+        raise ValueError(
+            f"bad room grant {spec!r}: {room!r} is not a room id (1-128 chars of "
+            "A-Z a-z 0-9 . _ : -), a 'prefix*' pattern or '*'"
+        )
+    if role not in ROLES:
+        raise ValueError(f"bad room grant {spec!r}: role must be one of {', '.join(ROLES)}")
+    return room, role
+
+
+def parse_ttl(spec: str) -> float:
+    """Parse a duration into seconds: ``"90"``, ``"30s"``, ``"15m"``, ``"1h"``, ``"7d"``.
+
+    Decimals are allowed (``"1.5h"``), units are case-insensitive. Raises
+    :class:`ValueError` for anything else, including zero.
+    """
+    m = _TTL_RE.fullmatch(spec)
+    if m is None:
+        raise ValueError(
+            f"bad duration {spec!r}: expected a number of seconds or a number with "
+            "unit s, m, h or d (e.g. 90, 30s, 15m, 1h, 7d)"
+        )
+    seconds = float(m.group(1)) * _TTL_UNITS[m.group(2).lower()]
+    if seconds <= 0:
+        raise ValueError(f"bad duration {spec!r}: must be positive")
+    return seconds
 
 
 def env_name(field_name: str) -> str:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Role = Literal["read", "write", "admin"]
-ROLES: tuple[Role, ...] = ("read", "write", "admin")
+from .protocol.ids import ROLES, Role
+
+__all__ = ["ROLES", "Config", "Role", "settings"]
 
 
 def _f(default: Any, help: str, *, group: str = "server") -> Any:

@@ -21,7 +21,7 @@ Attribute names are snake_case; the wire names (``operationId``, ``clientId``,
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -36,8 +36,8 @@ from pydantic import (
     ValidationError,
 )
 
-from ..auth import ROOM_ID_RE, check_room_id
 from ..errors import CollabError, ErrorCode
+from .ids import ROOM_ID_RE, check_room_id
 
 __all__ = [
     "EVENT_MODELS",
@@ -58,6 +58,7 @@ __all__ = [
     "YjsAwarenessPayload",
     "YjsSyncPayload",
     "YjsUpdatePayload",
+    "parse",
     "parse_payload",
 ]
 
@@ -233,19 +234,15 @@ def _error_details(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
-def parse_payload(event: str, payload: object) -> Payload:
-    """Validate ``payload`` of client event ``event`` and return its model instance.
+P = TypeVar("P", bound=Payload)
 
-    Raises :class:`CollabError` with ``UNKNOWN_EVENT`` for an event name not in
-    :data:`EVENT_MODELS`; ``VALIDATION`` when ``payload`` is not an object (dict);
-    ``INVALID_ROOM`` when a ``room`` key is present but is not a valid room id;
-    otherwise ``VALIDATION`` (message ``"invalid <event> payload"``) with ``details``
-    a list of ``{loc, msg, type}`` dicts (JSON-safe, never echoing the input).
-    """
-    model = EVENT_MODELS.get(event) if isinstance(event, str) else None
-    if model is None:
-        shown = event if not isinstance(event, str) or len(event) <= 100 else event[:100] + "..."
-        raise CollabError(ErrorCode.UNKNOWN_EVENT, f"unknown event {shown!r}")
+_EVENT_OF: Final[dict[type[Payload], str]] = {model: name for name, model in EVENT_MODELS.items()}
+
+
+def parse(model: type[P], payload: object) -> P:
+    """Validate ``payload`` as ``model`` (one of :data:`EVENT_MODELS`); errors as in
+    :func:`parse_payload`."""
+    event = _EVENT_OF[model]
     if not isinstance(payload, dict):
         raise CollabError(
             ErrorCode.VALIDATION,
@@ -260,3 +257,19 @@ def parse_payload(event: str, payload: object) -> Payload:
         raise CollabError(
             ErrorCode.VALIDATION, f"invalid {event} payload", details=_error_details(exc)
         ) from None
+
+
+def parse_payload(event: str, payload: object) -> Payload:
+    """Validate ``payload`` of client event ``event`` and return its model instance.
+
+    Raises :class:`CollabError` with ``UNKNOWN_EVENT`` for an event name not in
+    :data:`EVENT_MODELS`; ``VALIDATION`` when ``payload`` is not an object (dict);
+    ``INVALID_ROOM`` when a ``room`` key is present but is not a valid room id;
+    otherwise ``VALIDATION`` (message ``"invalid <event> payload"``) with ``details``
+    a list of ``{loc, msg, type}`` dicts (JSON-safe, never echoing the input).
+    """
+    model = EVENT_MODELS.get(event) if isinstance(event, str) else None
+    if model is None:
+        shown = event if not isinstance(event, str) or len(event) <= 100 else event[:100] + "..."
+        raise CollabError(ErrorCode.UNKNOWN_EVENT, f"unknown event {shown!r}")
+    return parse(model, payload)

@@ -1,8 +1,10 @@
 """A room's document task: validated operations, debounced fields and chat, persisted
 first, then broadcast with the room's next seq and confirmed.
 
-Theory of operation: the room task checks membership and roles and hands document
-commands to the keeper (:meth:`DocumentKeeper.submit`). The keeper's task takes every
+Theory of operation: the keeper is a room component (see ``room.py``). Its task loads
+the room's document before the room serves anything. The room task checks membership
+and roles and hands document commands to the keeper (:meth:`DocumentKeeper.handle`):
+a ``move`` is relayed to the others at once, and the rest is queued. The keeper's task takes every
 command waiting, plans the operations against an overlay of the committed document
 (refusals are answered at once and take no seq), adds field writes to the debouncer,
 and, when a field deadline has passed, takes every pending field too. Everything
@@ -26,15 +28,13 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import trio
 
-from ..config import Config
 from ..errors import CollabError, ErrorCode
-from ..protocol.messages import ChatPayload, FieldPayload, OpPayload
+from ..protocol.outgoing import Outgoing
 from ..storage.base import (
     ChatMessage,
     HistoryEntry,
@@ -43,61 +43,29 @@ from ..storage.base import (
     RoomSnapshot,
     StorageError,
 )
-from ..storage.writer import CommitQueue
-from ..transport.connection import Connection, event_frames
+from ..storage.errors import storage_unavailable
+from .commands import ChatCmd, Command, FieldCmd, OpCmd
 from .debounce import FieldDebouncer, FieldWaiter, PendingField
 from .document import Document, Overlay, plan_field, plan_op, plan_replace
-
-if TYPE_CHECKING:
-    from .room import Member
+from .peer import Peer
+from .presence import Member
+from .room import Room
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class OpCmd:
-    """A validated ``op`` from a member allowed to make it."""
-
-    conn: Connection
-    msg: OpPayload
-    ack_id: int | None
-
-
-@dataclass(slots=True)
-class FieldCmd:
-    """A validated ``field`` write."""
-
-    conn: Connection
-    msg: FieldPayload
-    ack_id: int | None
-
-
-@dataclass(slots=True)
-class ChatCmd:
-    """A validated ``chat`` message."""
-
-    conn: Connection
-    msg: ChatPayload
-    ack_id: int | None
-
 
 DocCommand = OpCmd | FieldCmd | ChatCmd
 
 RESYNC_RETRY_S = 1.0
 
-_EVENT_NAMES: dict[type, str] = {OpCmd: "op", FieldCmd: "field", ChatCmd: "chat"}
 _INTERNAL = CollabError(ErrorCode.INTERNAL, "internal error; the operation was not applied")
-_UNAVAILABLE = CollabError(
-    ErrorCode.STORAGE_UNAVAILABLE,
+_UNAVAILABLE = storage_unavailable(
     "storage is unavailable; the operation may not have been applied: retry it "
-    "with the same operationId (clientId for chat)",
-    retryable=True,
+    "with the same operationId (clientId for chat)"
 )
 
 
-def _identity(conn: Connection) -> tuple[str, str]:
+def _identity(conn: Peer) -> tuple[str, str]:
     ident = conn.identity
-    assert ident is not None
     return ident.user_id, ident.name
 
 
@@ -119,47 +87,36 @@ class _Batch:
 
     def __init__(self, keeper: DocumentKeeper) -> None:
         self.overlay = Overlay(keeper.doc)
+        self.base_seq = keeper.seq  # what storage must still hold: compare-and-set
         self.seq = keeper.seq
         self.history: list[HistoryEntry] = []
         self.operations: dict[str, OperationRecord] = {}
         self.chat: list[ChatMessage] = []
         self.deliveries: list[Callable[[], None]] = []
         self.failures: list[Callable[[CollabError], None]] = []
-        self.late_answers: dict[str, list[tuple[Connection, int | None]]] = {}
+        self.late_answers: dict[str, list[tuple[Peer, int | None]]] = {}
 
 
 class DocumentKeeper:
-    """The document half of a room (see the module docstring)."""
+    """The document component of a room (see the module docstring)."""
 
-    def __init__(
-        self,
-        room_id: str,
-        members: dict[Connection, Member],
-        snapshot: RoomSnapshot,
-        *,
-        queue: CommitQueue,
-        config: Config,
-        wall_clock: Callable[[], float],
-        reload: Callable[[], Awaitable[RoomSnapshot]],
-    ) -> None:
-        self.room_id = room_id
-        self.members = members
-        self.queue = queue
+    name = "document"
+    commands: tuple[type[Command], ...] = (OpCmd, FieldCmd, ChatCmd)
+
+    def __init__(self, room: Room) -> None:
+        host = room.registry
+        config = room.config
+        self.room = room
+        self.room_id = room.id
+        self.members = room.members
+        self.store = host.store
+        self.queue = host.commits
         self.config = config
-        self.wall_clock = wall_clock
-        self.doc = Document(snapshot.entities)
-        self.seq = snapshot.seq
-        self.history: deque[HistoryEntry] = deque(snapshot.history, maxlen=config.history_limit)
-        self.operations: OrderedDict[str, OperationRecord] = OrderedDict(
-            sorted(snapshot.operations.items(), key=lambda item: item[1].seq)
-        )
-        self.chat: deque[ChatMessage] = deque(
-            snapshot.chat, maxlen=max(1, config.chat_history_limit)
-        )
+        self.wall_clock: Callable[[], float] = host.wall_clock
+        self._install_snapshot(RoomSnapshot())
         self.debouncer = FieldDebouncer(
             config.field_debounce_ms / 1000, config.field_max_hold_ms / 1000
         )
-        self._reload = reload
         # after a failed commit the outcome is unknown (the commit may have landed and
         # only its answer been lost): reload from storage before the next batch
         self._stale = False
@@ -169,12 +126,83 @@ class DocumentKeeper:
         self._lock = trio.Lock()
         self.commits = 0
 
+    async def _load(self) -> RoomSnapshot:
+        cfg = self.config
+        return await self.store.load_room(
+            self.room_id, history_limit=cfg.history_limit, chat_limit=cfg.chat_history_limit
+        )
+
+    def _install_snapshot(self, snapshot: RoomSnapshot) -> None:
+        limit = self.config.history_limit
+        self.doc = Document(snapshot.entities)
+        self.seq = snapshot.seq
+        self.history: deque[HistoryEntry] = deque(snapshot.history, maxlen=limit)
+        self.operations: OrderedDict[str, OperationRecord] = OrderedDict(
+            sorted(snapshot.operations.items(), key=lambda item: item[1].seq)
+        )
+        self.chat: deque[ChatMessage] = deque(
+            snapshot.chat, maxlen=max(1, self.config.chat_history_limit)
+        )
+
     # -- intake --------------------------------------------------------------------------
+
+    def handle(self, cmd: Command) -> None:
+        """Take a command from a member allowed to send it (room task).
+
+        A ``move`` is relayed to the others at once, without a seq, and answered at
+        once unless ``data.commit`` asks for it to be stored too; everything else is
+        queued for the next batch.
+        """
+        assert isinstance(cmd, OpCmd | FieldCmd | ChatCmd)
+        if isinstance(cmd, OpCmd) and cmd.msg.op == "move":
+            data = cmd.msg.data
+            if not isinstance(data, dict) or "position" not in data:
+                cmd.refuse(CollabError(ErrorCode.VALIDATION, "move: data.position is required"))
+                return
+            self._relay_move(cmd)
+            if data.get("commit") is not True:
+                # relayed only: answered at once (ack, or operation-confirmed without one)
+                cmd.conn.confirm(cmd.ack_id, {"ok": True, "operationId": cmd.msg.operation_id,
+                                              "seq": None,
+                                              "serverTimestamp": int(self.wall_clock() * 1000)})
+                return
+        self.submit(cmd)
+
+    def _relay_move(self, cmd: OpCmd) -> None:
+        """A move reaches the others at once, without a seq (volatile)."""
+        msg, sender = cmd.msg, cmd.conn
+        ident = sender.identity
+        self.room.broadcast(Outgoing.event("op", {
+            "room": self.room_id, "seq": None, "userId": ident.user_id, "userName": ident.name,
+            "socketId": sender.sid, "operationId": msg.operation_id, "op": "move",
+            "collection": msg.collection, "id": msg.id, "data": msg.data,
+            "timestamp": msg.timestamp,
+        }), exclude=sender, volatile=True)
 
     def submit(self, cmd: DocCommand) -> None:
         """Queue a command for the next batch (called by the room task)."""
         self._inbox.append(cmd)
         self._wakeup.unpark()
+
+    def join_reply(self, member: Member, since: int | None, reply: dict[str, Any]) -> None:
+        """The document's part of a join ack: seq, state or replay, chat.
+
+        With a ``since`` still covered by history, the missed events are sent first, as
+        ordinary events, and the ack carries no state (``recovered: true``).
+        """
+        conn = member.conn
+        missed = self.missed_since(since) if since is not None else None
+        if missed is not None:
+            # the events it missed, in order, as ordinary events before the ack
+            for entry in missed:
+                conn.send(Outgoing.event(entry.event, entry.payload))
+        reply["seq"] = self.seq
+        reply["state"] = None if missed is not None else self.doc.entities
+        reply["chat"] = self.chat_tail()
+        reply["recovered"] = missed is not None
+
+    def on_leave(self, conn: Peer) -> None:
+        """Nothing of the document belongs to a member."""
 
     @property
     def full(self) -> bool:
@@ -197,8 +225,7 @@ class DocumentKeeper:
         """Answer every queued command and pending field write with ``err``."""
         commands, self._inbox = self._inbox, []
         for cmd in commands:
-            op_id = cmd.msg.operation_id if isinstance(cmd, OpCmd | FieldCmd) else None
-            cmd.conn.reply_error(cmd.ack_id, err, _EVENT_NAMES[type(cmd)], op_id)
+            cmd.refuse(err)
         for pending in self.debouncer.take_all():
             for w in pending.waiters:
                 w.conn.reply_error(w.ack_id, err, "field", w.operation_id)
@@ -211,8 +238,15 @@ class DocumentKeeper:
 
     # -- the task ------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Process batches until cancelled (see :meth:`close` for the final flush)."""
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Load the room, then process batches until cancelled (see :meth:`close`).
+
+        Raises :class:`StorageError` before reporting started if the room cannot be
+        loaded (the room then refuses its waiting joins and closes).
+        """
+        self._install_snapshot(await self._load())
+        task_status.started()
         while True:
             if not self._inbox:
                 deadline = self.debouncer.next_deadline()
@@ -246,6 +280,7 @@ class DocumentKeeper:
             changes = RoomChanges(
                 room=self.room_id,
                 seq=batch.seq,
+                base_seq=batch.base_seq,
                 history_limit=self.config.history_limit,
                 entities=batch.overlay.writes,
                 replace_all=batch.overlay.replace_all,
@@ -278,19 +313,17 @@ class DocumentKeeper:
         """
         try:
             with trio.CancelScope(shield=True):
-                snapshot = await self._reload()
-        except Exception as exc:
+                snapshot = await self._load()
+        except StorageError as exc:
             log.warning("room %s: reload failed: %s", self.room_id, exc)
             self.refuse_pending(_UNAVAILABLE)
             return False
+        except Exception:
+            log.exception("room %s: reload failed", self.room_id)
+            self.refuse_pending(_UNAVAILABLE)
+            return False
         landed = [entry for entry in snapshot.history if entry.seq > self.seq]
-        self.doc = Document(snapshot.entities)
-        self.seq = snapshot.seq
-        self.history = deque(snapshot.history, maxlen=self.config.history_limit)
-        self.operations = OrderedDict(
-            sorted(snapshot.operations.items(), key=lambda item: item[1].seq)
-        )
-        self.chat = deque(snapshot.chat, maxlen=max(1, self.config.chat_history_limit))
+        self._install_snapshot(snapshot)
         self._stale = False
         for entry in landed:
             self._broadcast(entry.event, entry.payload, exclude=None)
@@ -318,8 +351,7 @@ class DocumentKeeper:
             except Exception:
                 # a bug or an input nobody foresaw costs this command, not the room
                 log.exception("room %s: planning %s failed", self.room_id, type(cmd).__name__)
-                op_id = cmd.msg.operation_id if isinstance(cmd, OpCmd | FieldCmd) else None
-                cmd.conn.reply_error(cmd.ack_id, _INTERNAL, _EVENT_NAMES[type(cmd)], op_id)
+                cmd.refuse(_INTERNAL)
         if self.debouncer.pending and (final or now >= self.debouncer.next_deadline()):
             for entry in self.debouncer.take_all():
                 self._plan_field_safely(batch, entry)
@@ -337,7 +369,7 @@ class DocumentKeeper:
         return self.operations.get(operation_id)
 
     def _answer_repeat(
-        self, batch: _Batch, operation_id: str, conn: Connection, ack_id: int | None
+        self, batch: _Batch, operation_id: str, conn: Peer, ack_id: int | None
     ) -> bool:
         """A repeated operation id gets the first result, never a second application."""
         record = self._previous_result(operation_id)
@@ -436,7 +468,7 @@ class DocumentKeeper:
             return
         seq = self._next_seq(batch)
         now_ms = int(self.wall_clock() * 1000)
-        writer: Connection = entry.conn
+        writer: Peer = entry.conn
         user_id, user_name = _identity(writer)
         payload = {
             "room": self.room_id,
@@ -550,12 +582,9 @@ class DocumentKeeper:
         self.chat.extend(batch.chat)
 
     def _broadcast(
-        self, event: str, payload: dict[str, Any], *, exclude: Connection | None
+        self, event: str, payload: dict[str, Any], *, exclude: Peer | None
     ) -> None:
-        frames = event_frames(event, payload)
-        for conn in self.members:
-            if conn is not exclude:
-                conn.send_frames(frames)
+        self.room.broadcast(Outgoing.event(event, payload), exclude=exclude)
 
     # -- reads for joins -----------------------------------------------------------------
 

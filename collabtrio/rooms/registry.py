@@ -3,33 +3,30 @@
 A room is inserted in :attr:`RoomRegistry.rooms` *before* its task starts, and removes
 itself synchronously when it decides to close, so a join that races the room's
 creation or its closing finds exactly one live room. Personal rooms (``user:<sub>``)
-are not Room tasks: they are an index from user id to that user's connections, which
-is all a personal room needs (delivery to one user's sockets), at no cost per user.
+are not Room tasks: they are an index from user id to that user's peers, which is all
+a personal room needs (delivery to one user's sockets), at no cost per user.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import trio
 
 from ..config import Config
 from ..storage.base import Store
 from ..storage.writer import CommitQueue
-from ..transport.connection import Connection, event_frames
-from .mailbox import MailboxClosed
-from .room import Publish, Room
-
-PERSONAL_PREFIX = "user:"
+from .peer import Peer
+from .room import ComponentFactory, Room
 
 
 class RoomRegistry:
     """All open rooms of one server.
 
-    Resource handling: rooms run in the nursery given to :meth:`run`; cancelling it
-    tears every room down.
+    ``components`` builds each room's components, in order (the document keeper;
+    later Yjs). Resource handling: rooms run in the nursery given to :meth:`run`;
+    cancelling it tears every room down (each flushes what it holds, shielded).
     """
 
     def __init__(
@@ -38,14 +35,16 @@ class RoomRegistry:
         store: Store,
         commits: CommitQueue,
         *,
+        components: Sequence[ComponentFactory] = (),
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.store = store
         self.commits = commits
+        self.components = tuple(components)
         self.wall_clock = wall_clock
         self.rooms: dict[str, Room] = {}
-        self.users: dict[str, set[Connection]] = {}
+        self.users: dict[str, set[Peer]] = {}
         self._nursery: trio.Nursery | None = None
         self.opened_total = 0
 
@@ -61,11 +60,11 @@ class RoomRegistry:
         return int(self.wall_clock() * 1000)
 
     async def flush_all(self) -> None:
-        """Commit every room's pending field writes and queued operations now."""
+        """Commit every room's pending writes now (at shutdown, before clients go)."""
         async with trio.open_nursery() as nursery:
             for room in list(self.rooms.values()):
-                if room.keeper is not None and not room.keeper.idle:
-                    nursery.start_soon(room.keeper.flush)
+                if not room.idle:
+                    nursery.start_soon(room.flush)
 
     def get(self, room_id: str) -> Room | None:
         """The open room with this id, if any."""
@@ -77,7 +76,7 @@ class RoomRegistry:
         if room is None:
             if self._nursery is None:
                 raise RuntimeError("RoomRegistry.run is not running")
-            room = Room(room_id, self)
+            room = Room(room_id, self, self.components)
             self.rooms[room_id] = room
             self.opened_total += 1
             self._nursery.start_soon(room.run, name=f"room:{room_id}")
@@ -90,38 +89,14 @@ class RoomRegistry:
 
     # -- personal rooms ------------------------------------------------------------------
 
-    def add_user_connection(self, conn: Connection) -> None:
+    def add_user_connection(self, conn: Peer) -> None:
         """Put ``conn`` in its personal room ``user:<sub>``."""
-        assert conn.identity is not None
         self.users.setdefault(conn.identity.user_id, set()).add(conn)
 
-    def remove_user_connection(self, conn: Connection) -> None:
-        """Take ``conn`` out of its personal room."""
-        if conn.identity is None:
-            return
+    def remove_user_connection(self, conn: Peer) -> None:
+        """Take ``conn`` out of its personal room (a no-op if it is not in one)."""
         conns = self.users.get(conn.identity.user_id)
         if conns is not None:
             conns.discard(conn)
             if not conns:
                 del self.users[conn.identity.user_id]
-
-    def publish(self, room_id: str, event: str, data: Any) -> int:
-        """Send a server-side ``broadcast`` to a room; returns members reached (approx.)."""
-        if room_id.startswith(PERSONAL_PREFIX):
-            conns = self.users.get(room_id[len(PERSONAL_PREFIX):], set())
-            frames = event_frames(
-                "broadcast",
-                {"room": room_id, "event": event, "data": data,
-                 "socketId": None, "userId": None, "userName": None},
-            )
-            for conn in conns:
-                conn.send_frames(frames)
-            return len(conns)
-        room = self.rooms.get(room_id)
-        if room is None:
-            return 0
-        try:
-            room.mailbox.put_nowait(Publish(event, data))
-        except MailboxClosed:
-            return 0
-        return len(room.members)

@@ -5,23 +5,27 @@ room's :class:`~collabtrio.rooms.mailbox.Mailbox` and go on; the room task takes
 commands in batches and applies them one by one, with no ``await`` between a check and
 the update it guards, so ordering is total per room and there are no locks. The room
 answers each command itself (ack, error or event) by queueing pre-encoded frames in
-the members' outboxes; it never awaits a client's socket. A broadcast is encoded once
-and the same frame bytes go to every member.
+the members (:class:`~collabtrio.rooms.peer.Peer`); it never awaits a client. A
+broadcast is one :class:`~collabtrio.protocol.outgoing.Outgoing`, encoded once per
+transport, handed to every member.
 
-Two tasks share the room's nursery: the room task (membership, presence, relays) and
-the :class:`~collabtrio.rooms.keeper.DocumentKeeper` (the document, seq, history and
-chat, persisted before they are broadcast). Each owns its state; the room task checks
-membership and roles and hands document commands over.
+The room task shares the room's nursery with the room's *components*, started from
+the registry's list with ``nursery.start`` (so each has loaded what it needs before
+the first command is served): today the
+:class:`~collabtrio.rooms.keeper.DocumentKeeper` (the document, seq, history and chat,
+persisted before they are broadcast). Each owns its state. Commands are dispatched by
+type through one table: membership commands are the room task's own; a component's
+commands reach it after the room checked membership and the command's required role.
 
 Lifecycle: the registry creates the room and inserts it before its task starts, so
-concurrent joins find the same room. The room first loads its document from storage
-(joins wait in the mailbox); if that fails they are refused with
+concurrent joins find the same room. The room first starts its components, which
+load from storage (joins wait in the mailbox); if that fails they are refused with
 ``STORAGE_UNAVAILABLE`` and the room closes, so the next join tries again. With no
 members for ``room_idle_s`` (and nothing left to write) the room removes itself from
 the registry (synchronously, after checking that its mailbox is
 empty) and its nursery exits. Cancelling the room's scope tears it down the same way:
-every member forgets the room. However the room ends, the keeper's final flush runs
-shielded, with a deadline, so what was written is committed.
+every member forgets the room. However the room ends, every component's final flush
+runs shielded, with a deadline, so what was written is committed.
 
 Invariants: ``conn.rooms[room.id] is room`` exactly when ``conn`` is in ``members``;
 presence is broadcast once per batch in which membership changed.
@@ -30,195 +34,194 @@ presence is broadcast once per batch in which membership changed.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import trio
 
-from ..config import Role
+from ..config import Config
 from ..errors import CollabError, ErrorCode
-from ..storage.base import RoomSnapshot, StorageError
-from ..transport.connection import Connection, event_frames
-from .keeper import ChatCmd, DocCommand, DocumentKeeper, FieldCmd, OpCmd
+from ..protocol.ids import ROLE_RANK
+from ..protocol.outgoing import Outgoing
+from ..storage.base import StorageError, Store
+from ..storage.errors import storage_unavailable
+from ..storage.writer import CommitQueue
+from .commands import Command, Join, Leave, Relay, SetRole
 from .mailbox import Mailbox
-
-if TYPE_CHECKING:
-    from .registry import RoomRegistry
+from .peer import Peer
+from .presence import Member, presence_payload
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(slots=True)
-class Join:
-    """Add ``conn`` with ``role``; answer with the ack, or a ``joined`` event."""
-
-    conn: Connection
-    role: Role
-    ack_id: int | None
-    since: int | None = None
-    at_connect: bool = False
-
-
-@dataclass(slots=True)
-class Leave:
-    """Remove ``conn`` (``ack_id`` None for a disconnect: no answer)."""
-
-    conn: Connection
-    ack_id: int | None = None
-
-
-@dataclass(slots=True)
-class Relay:
-    """Ephemeral event from ``conn`` to the other members (cursor, broadcast...)."""
-
-    conn: Connection
-    event: str
-    payload: dict[str, Any]
-    ack_id: int | None
-    volatile: bool
-
-
-@dataclass(slots=True)
-class Publish:
-    """An event from the server side (publish API) to every member."""
-
-    event: str
-    data: Any
-
-
-@dataclass(slots=True)
-class SetRole:
-    """A member's role changed (stored grants changed while connected)."""
-
-    conn: Connection
-    role: Role
-
-
-Command = Join | Leave | Relay | Publish | SetRole | OpCmd | FieldCmd | ChatCmd
-
-_RANK = {"read": 0, "write": 1, "admin": 2}
 IDLE_RECHECK_S = 0.1
-_EVENT_OF: dict[type, str] = {OpCmd: "op", FieldCmd: "field", ChatCmd: "chat"}
 
-# member fields a relay updates in the presence list
-_PRESENCE_FIELDS = {"cursor": "cursor", "selection": "selection", "typing": "typing"}
+class RoomComponent(Protocol):
+    """A part of a room with a task and state of its own (the document keeper, Yjs).
+
+    The room task calls the synchronous methods; :meth:`run` is started with
+    ``nursery.start`` in the room's nursery and cancelled when the room ends, after
+    which the room calls :meth:`close` shielded, with a deadline.
+    """
+
+    name: str
+    """How the room finds the component (``room.component(name)``)."""
+    commands: tuple[type[Command], ...]
+    """The command types the room hands to :meth:`handle`."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Load (raising :class:`StorageError` if impossible), report started, serve."""
+
+    def handle(self, cmd: Command) -> None:
+        """Take a command from a member allowed to send it (room task)."""
+
+    def join_reply(self, member: Member, since: int | None, reply: dict[str, Any]) -> None:
+        """Add this component's part of a join ack (and send what the joiner missed)."""
+
+    def on_leave(self, conn: Peer) -> None:
+        """A member left (or was dropped)."""
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or pending: the room may close."""
+
+    @property
+    def full(self) -> bool:
+        """Its queue is at its bound: senders should wait (see :meth:`wait_for_space`)."""
+
+    async def wait_for_space(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` while :attr:`full`; False if it still is."""
+
+    async def flush(self) -> None:
+        """Write what is pending now."""
+
+    async def close(self) -> None:
+        """The final flush (called shielded, with a deadline)."""
+
+    def refuse_pending(self, err: CollabError) -> None:
+        """Answer everything still queued with ``err``."""
 
 
-@dataclass(slots=True)
-class Member:
-    """One connection's place in a room."""
+class RoomHost(Protocol):
+    """What a room needs from the registry that opened it."""
 
-    conn: Connection
-    role: Role
-    joined_at: int
-    last_activity: int
-    cursor: Any = None
-    selection: Any = None
-    typing: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    config: Config
+    store: Store
+    commits: CommitQueue
+    wall_clock: Callable[[], float]
 
-    def presence_entry(self) -> dict[str, Any]:
-        """This member as the ``presence`` event lists it."""
-        ident = self.conn.identity
-        assert ident is not None
-        return {
-            "socketId": self.conn.sid,
-            "userId": ident.user_id,
-            "userName": ident.name,
-            "avatarUrl": ident.picture,
-            "role": self.role,
-            "joinedAt": self.joined_at,
-            "lastActivity": self.last_activity,
-            "cursor": self.cursor,
-            "selection": self.selection,
-            "typing": self.typing,
-        }
+    def wall_ms(self) -> int:
+        """Milliseconds since the epoch, from the server's wall clock."""
+
+    def forget(self, room: Room) -> None:
+        """The room is closing: later joins must open a fresh one."""
+
+
+ComponentFactory = Callable[["Room"], RoomComponent]
+"""Builds one component for a room that is opening."""
 
 
 class Room:
     """State and task of one room (see the module docstring)."""
 
-    def __init__(self, room_id: str, registry: RoomRegistry) -> None:
+    def __init__(self, room_id: str, registry: RoomHost,
+                 components: Sequence[ComponentFactory] = ()) -> None:
         self.id = room_id
         self.registry = registry
         cfg = registry.config
+        self.config = cfg
         self.mailbox: Mailbox[Command] = Mailbox(cfg.room_inbox_size)
-        self.members: dict[Connection, Member] = {}
-        self.keeper: DocumentKeeper | None = None
+        self.members: dict[Peer, Member] = {}
+        self.components: dict[str, RoomComponent] = {}
+        self._factories = components
         self.last_activity = registry.wall_ms()
         self.closed = False
         self.cancel_scope = trio.CancelScope()
         self._presence_dirty = False
         # membership version, and the version each joiner of this batch saw in its ack
         self._version = 0
-        self._acked_version: dict[Connection, int] = {}
+        self._acked_version: dict[Peer, int] = {}
         self._empty_since = trio.current_time()
+        self._dispatch: dict[type[Command], Callable[[Any], None]] = {
+            Join: self._join, Leave: self._leave, Relay: self._relay, SetRole: self._set_role,
+        }
+
+    def component(self, name: str) -> RoomComponent | None:
+        """The running component called ``name``, if the room has it."""
+        return self.components.get(name)
+
+    @property
+    def idle(self) -> bool:
+        """No component has anything queued or pending."""
+        return all(c.idle for c in self.components.values())
+
+    async def flush(self) -> None:
+        """Write what every component has pending now."""
+        for component in list(self.components.values()):
+            if not component.idle:
+                await component.flush()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """The room task: load, serve commands until idle for ``room_idle_s`` or
-        cancelled, then flush and tear down."""
-        registry = self.registry
-        cfg = registry.config
+        """The room task: start the components, serve commands until idle for
+        ``room_idle_s`` or cancelled, then flush and tear down."""
         try:
             with self.cancel_scope:
-                try:
-                    snapshot = await self._load()
-                except StorageError as exc:
-                    log.warning("room %s: cannot load: %s", self.id, exc)
-                    self._refuse_waiting(CollabError(
-                        ErrorCode.STORAGE_UNAVAILABLE,
-                        "storage is unavailable; try joining again", retryable=True,
-                    ))
-                    return
-                self.keeper = DocumentKeeper(
-                    self.id, self.members, snapshot, queue=registry.commits,
-                    config=cfg, wall_clock=registry.wall_clock, reload=self._load,
-                )
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self.keeper.run)
-                    await self._serve()
+                    try:
+                        for factory in self._factories:
+                            component = factory(self)
+                            await nursery.start(component.run)
+                            self._add_component(component)
+                    except StorageError as exc:
+                        log.warning("room %s: cannot load: %s", self.id, exc)
+                        self._refuse_waiting(
+                            storage_unavailable("storage is unavailable; try joining again"))
+                    else:
+                        await self._serve()
                     nursery.cancel_scope.cancel()
         except Exception:
             # contained here: a failing room closes, the registry and the server go on
             log.exception("room %s failed; closing it", self.id)
         finally:
-            if self.keeper is not None:
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + cfg.flush_timeout_s
-                    try:
-                        await self.keeper.close()
-                    except Exception:
-                        log.exception("room %s: final flush failed", self.id)
-                if scope.cancelled_caught:
-                    log.error("room %s: final flush did not finish in %ss",
-                              self.id, cfg.flush_timeout_s)
-                self.keeper.refuse_pending(CollabError(
-                    ErrorCode.STORAGE_UNAVAILABLE,
-                    "the room closed before this could be stored; try again", retryable=True,
-                ))
+            await self._close_components()
             self._teardown()
 
-    async def _load(self) -> RoomSnapshot:
-        cfg = self.registry.config
-        return await self.registry.store.load_room(
-            self.id, history_limit=cfg.history_limit, chat_limit=cfg.chat_history_limit
-        )
+    def _add_component(self, component: RoomComponent) -> None:
+        self.components[component.name] = component
+        handle = self._for_component(component)
+        for ctype in component.commands:
+            self._dispatch[ctype] = handle
+
+    async def _close_components(self) -> None:
+        timeout = self.config.flush_timeout_s
+        for component in self.components.values():
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + timeout
+                try:
+                    await component.close()
+                except Exception:
+                    log.exception("room %s: final flush of %s failed", self.id, component.name)
+            if scope.cancelled_caught:
+                log.error("room %s: final flush of %s did not finish in %ss",
+                          self.id, component.name, timeout)
+            component.refuse_pending(
+                storage_unavailable("the room closed before this could be stored; try again"))
 
     async def _serve(self) -> None:
-        idle_s = self.registry.config.room_idle_s
+        idle_s = self.config.room_idle_s
         while True:
             deadline = self._empty_since + idle_s if not self.members else float("inf")
-            if self.keeper is not None and not self.keeper.idle:
+            if not self.idle:
                 # idle, but writes are still pending: look again once they had time
                 deadline = max(deadline, trio.current_time() + IDLE_RECHECK_S)
             batch = await self.mailbox.get_batch(deadline)
             if batch:
                 for cmd in batch:
                     self._apply(cmd)
-                # drop the commands now: an idle room must not keep the connections of
-                # its last batch (departed members) alive until it wakes again
+                # drop the commands now: an idle room must not keep the peers of its
+                # last batch (departed members) alive until it wakes again
                 del batch, cmd
                 if self._presence_dirty:
                     self._presence_dirty = False
@@ -227,7 +230,7 @@ class Room:
                     self._acked_version.clear()
                 continue
             if (not self.members and not self.mailbox and trio.current_time() >= deadline
-                    and (self.keeper is None or self.keeper.idle)):
+                    and self.idle):
                 log.debug("room %s idle for %ss: closing", self.id, idle_s)
                 # out of the registry before any await: a join from now on opens a
                 # fresh room (nothing is left to write, so it loads what is stored)
@@ -247,44 +250,43 @@ class Room:
         self.mailbox.close()
 
     def _refuse_waiting(self, err: CollabError) -> None:
-        for cmd in list(self.mailbox.get_nowait_all()):
+        for cmd in self.mailbox.get_nowait_all():
             if isinstance(cmd, Join):
                 cmd.conn.pending_joins -= 1
-                self._refuse(cmd.conn, cmd.ack_id, cmd.at_connect, err)
-            elif isinstance(cmd, OpCmd | FieldCmd):
-                cmd.conn.reply_error(cmd.ack_id, err, None, cmd.msg.operation_id)
-            elif isinstance(cmd, Relay | Leave | ChatCmd) and cmd.ack_id is not None:
-                cmd.conn.reply_error(cmd.ack_id, err, None)
+            cmd.refuse(err)
 
     # -- commands ------------------------------------------------------------------------
 
     def _apply(self, cmd: Command) -> None:
         try:
-            if isinstance(cmd, Relay):
-                self._relay(cmd)
-            elif isinstance(cmd, OpCmd | FieldCmd | ChatCmd):
-                self._document(cmd)
-            elif isinstance(cmd, Join):
-                self._join(cmd)
-            elif isinstance(cmd, Leave):
-                self._leave(cmd)
-            elif isinstance(cmd, SetRole):
-                self._set_role(cmd)
-            else:
-                self._publish(cmd)
+            handler = self._dispatch.get(type(cmd))
+            if handler is None:
+                raise TypeError(f"no handler for {type(cmd).__name__} in this room")
+            handler(cmd)
         except Exception:
             log.exception("room %s: command %s failed", self.id, type(cmd).__name__)
-            conn = getattr(cmd, "conn", None)
-            ack_id = getattr(cmd, "ack_id", None)
-            if conn is not None:
-                conn.reply_error(ack_id, CollabError(ErrorCode.INTERNAL, "internal error"), None)
+            cmd.refuse(CollabError(ErrorCode.INTERNAL, "internal error"))
 
-    def _refuse(self, conn: Connection, ack_id: int | None, at_connect: bool,
-                err: CollabError) -> None:
-        if at_connect or ack_id is None:
-            conn.emit("room-error", {"room": self.id, "ok": False, "error": err.to_wire()})
-        else:
-            conn.reply_error(ack_id, err, "join")
+    def _for_component(self, component: RoomComponent) -> Callable[[Command], None]:
+        def handle(cmd: Command) -> None:
+            conn = cmd.conn
+            member = self.members.get(conn)
+            if member is None:
+                cmd.refuse(CollabError(
+                    ErrorCode.NOT_JOINED, f"join room {self.id!r} before sending {cmd.event}"))
+                return
+            needed = cmd.required_role()
+            if ROLE_RANK[member.role] < ROLE_RANK[needed]:
+                cmd.refuse(CollabError(
+                    ErrorCode.FORBIDDEN,
+                    f"{cmd.event} needs role {needed!r} in room {self.id!r}; "
+                    f"you have {member.role!r}",
+                ))
+                return
+            member.last_activity = self.last_activity = self.registry.wall_ms()
+            component.handle(cmd)
+
+        return handle
 
     def _join(self, cmd: Join) -> None:
         conn = cmd.conn
@@ -294,8 +296,8 @@ class Room:
         now = self.registry.wall_ms()
         member = self.members.get(conn)
         if member is None:
-            if len(self.members) >= self.registry.config.max_room_members:
-                self._refuse(conn, cmd.ack_id, cmd.at_connect, CollabError(
+            if len(self.members) >= self.config.max_room_members:
+                cmd.refuse(CollabError(
                     ErrorCode.ROOM_FULL,
                     f"room {self.id!r} has {len(self.members)} members, the limit",
                 ))
@@ -308,23 +310,10 @@ class Room:
             member.role = cmd.role
             member.last_activity = now
         self.last_activity = now
-        keeper = self.keeper
-        assert keeper is not None
-        missed = keeper.missed_since(cmd.since) if cmd.since is not None else None
-        if missed is not None:
-            # the events it missed, in order, as ordinary events before the ack
-            for entry in missed:
-                conn.send_frames(event_frames(entry.event, entry.payload))
-        reply = {
-            "ok": True,
-            "room": self.id,
-            "role": member.role,
-            "seq": keeper.seq,
-            "state": None if missed is not None else keeper.doc.entities,
-            "presence": self.presence(),
-            "chat": keeper.chat_tail(),
-            "recovered": missed is not None,
-        }
+        reply: dict[str, Any] = {"ok": True, "room": self.id, "role": member.role}
+        for component in self.components.values():
+            component.join_reply(member, cmd.since, reply)
+        reply["presence"] = self.presence()
         self._acked_version[conn] = self._version
         if cmd.ack_id is not None:
             conn.ack(cmd.ack_id, reply)
@@ -340,6 +329,8 @@ class Room:
                 del conn.rooms[self.id]
             if not self.members:
                 self._empty_since = trio.current_time()
+            for component in self.components.values():
+                component.on_leave(conn)
         if cmd.ack_id is not None:
             conn.ack(cmd.ack_id, {"ok": True, "room": self.id})
 
@@ -348,79 +339,20 @@ class Room:
         member = self.members.get(sender)
         if member is None:
             if cmd.ack_id is not None or sender.close_reason is None:
-                sender.reply_error(
-                    cmd.ack_id,
-                    CollabError(ErrorCode.NOT_JOINED, f"not in room {self.id!r}"),
-                    cmd.event,
-                )
+                cmd.refuse(CollabError(ErrorCode.NOT_JOINED, f"not in room {self.id!r}"))
             return
         now = self.registry.wall_ms()
         member.last_activity = now
         self.last_activity = now
-        attr = _PRESENCE_FIELDS.get(cmd.event)
-        if attr is not None:
-            setattr(member, attr, cmd.payload.get(attr))
+        member.update_presence(cmd.name, cmd.payload)
         ident = sender.identity
-        assert ident is not None
         out = dict(cmd.payload)
         out["socketId"] = sender.sid
         out["userId"] = ident.user_id
         out["userName"] = ident.name
-        frames = event_frames(cmd.event, out)
-        volatile = cmd.volatile
-        for conn in self.members:
-            if conn is not sender:
-                conn.send_frames(frames, volatile)
+        self.broadcast(Outgoing.event(cmd.name, out), exclude=sender, volatile=cmd.volatile)
         if cmd.ack_id is not None:
             sender.ack(cmd.ack_id, {"ok": True})
-
-    def _document(self, cmd: DocCommand) -> None:
-        conn = cmd.conn
-        member = self.members.get(conn)
-        op_id = cmd.msg.operation_id if isinstance(cmd, OpCmd | FieldCmd) else None
-        event = _EVENT_OF[type(cmd)]
-        if member is None:
-            conn.reply_error(cmd.ack_id, CollabError(
-                ErrorCode.NOT_JOINED, f"join room {self.id!r} before sending {event}"),
-                event, op_id)
-            return
-        needed = "admin" if isinstance(cmd, OpCmd) and cmd.msg.op == "replace" else "write"
-        if _RANK[member.role] < _RANK[needed]:
-            conn.reply_error(cmd.ack_id, CollabError(
-                ErrorCode.FORBIDDEN,
-                f"{event} needs role {needed!r} in room {self.id!r}; you have {member.role!r}",
-            ), event, op_id)
-            return
-        member.last_activity = self.last_activity = self.registry.wall_ms()
-        if isinstance(cmd, OpCmd) and cmd.msg.op == "move":
-            data = cmd.msg.data
-            if not isinstance(data, dict) or "position" not in data:
-                conn.reply_error(cmd.ack_id, CollabError(
-                    ErrorCode.VALIDATION, "move: data.position is required"), event, op_id)
-                return
-            self._relay_move(cmd)
-            if data.get("commit") is not True:
-                # relayed only: answered at once (ack, or operation-confirmed without one)
-                conn.confirm(cmd.ack_id, {"ok": True, "operationId": op_id, "seq": None,
-                                          "serverTimestamp": self.registry.wall_ms()})
-                return
-        assert self.keeper is not None
-        self.keeper.submit(cmd)
-
-    def _relay_move(self, cmd: OpCmd) -> None:
-        """A move reaches the others at once, without a seq (volatile)."""
-        msg, sender = cmd.msg, cmd.conn
-        ident = sender.identity
-        assert ident is not None
-        frames = event_frames("op", {
-            "room": self.id, "seq": None, "userId": ident.user_id, "userName": ident.name,
-            "socketId": sender.sid, "operationId": msg.operation_id, "op": "move",
-            "collection": msg.collection, "id": msg.id, "data": msg.data,
-            "timestamp": msg.timestamp,
-        })
-        for conn in self.members:
-            if conn is not sender:
-                conn.send_frames(frames, True)
 
     def _set_role(self, cmd: SetRole) -> None:
         member = self.members.get(cmd.conn)
@@ -430,25 +362,18 @@ class Room:
         cmd.conn.emit("role-changed", {"room": self.id, "role": cmd.role})
         self._membership_changed()
 
-    def _publish(self, cmd: Publish) -> None:
-        out = {"room": self.id, "event": cmd.event, "data": cmd.data,
-               "socketId": None, "userId": None, "userName": None}
-        frames = event_frames("broadcast", out)
+    def broadcast(self, out: Outgoing, *, exclude: Peer | None = None,
+                  volatile: bool = False) -> None:
+        """Hand ``out`` to every member but ``exclude`` (room task and components)."""
         for conn in self.members:
-            conn.send_frames(frames)
+            if conn is not exclude:
+                conn.send(out, volatile)
 
     # -- presence ------------------------------------------------------------------------
 
     def presence(self) -> dict[str, Any]:
         """The ``presence`` payload: every member, unique users and connection count."""
-        users = [m.presence_entry() for m in self.members.values()]
-        unique = {u["userId"] for u in users}
-        return {
-            "room": self.id,
-            "users": users,
-            "uniqueUsers": len(unique),
-            "connections": len(users),
-        }
+        return presence_payload(self.id, self.members.values())
 
     def _membership_changed(self) -> None:
         self._version += 1
@@ -459,8 +384,8 @@ class Room:
         acked, self._acked_version = self._acked_version, {}
         if not self.members:
             return
-        frames = event_frames("presence", self.presence())
+        out = Outgoing.event("presence", self.presence())
         version = self._version
         for conn in self.members:
             if acked.get(conn) != version:
-                conn.send_frames(frames)
+                conn.send(out)

@@ -11,6 +11,12 @@ any number of them in ONE transaction, all or nothing; the
 :class:`~collabtrio.storage.writer.CommitQueue` in front of the store merges what
 several rooms queue at the same time into one call (group commit).
 
+Each :class:`RoomChanges` names the seq it was planned on (``base_seq``), and the
+commit is a compare-and-set on the room's stored seq: if another writer (another
+process on the same database) committed to the room in between, the commit raises
+:class:`SeqConflict` and writes nothing, so two writers can never interleave a room's
+history.
+
 A room's document is ``{collection: {id: entity}}``; each entity is a row, so a change
 to one entity writes one row, never the whole document.
 """
@@ -19,9 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-Role = Literal["read", "write", "admin"]
+from ..protocol.ids import Role as Role  # re-exported: storage records carry roles
 
 
 class StorageError(Exception):
@@ -30,6 +36,29 @@ class StorageError(Exception):
 
 class StorageUnavailable(StorageError):
     """The database is unreachable or refuses writes right now; try again later."""
+
+
+class SeqConflict(StorageError):
+    """A commit was planned on a seq the room is no longer at: another writer got there
+    first. Nothing of the commit was written.
+
+    Not a :class:`StorageUnavailable`: retrying the same changes cannot succeed. The
+    writer must reload the room (``load_room``) and plan again, and whoever runs two
+    processes on one database should make sure each room has one writer.
+    ``room``, ``expected`` (the commit's ``base_seq``) and ``found`` (the room's seq
+    when the conflict was seen; 0 for a room with no row) say what happened.
+    """
+
+    def __init__(self, room: str, expected: int, found: int) -> None:
+        super().__init__(
+            f"room {room!r} was changed by another writer (another process using the same "
+            f"database?): expected seq {expected}, found {found}; nothing was written. "
+            f"Reload the room before writing again, and make sure only one collabtrio "
+            f"serves a room"
+        )
+        self.room = room
+        self.expected = expected
+        self.found = found
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,16 +109,21 @@ class OperationRecord:
 class RoomChanges:
     """Everything one room writes in one go.
 
-    Applied in this order: if ``replace_all``, every entity of the room is deleted;
-    then ``entities`` in order (a later write to the same key wins); the room's
-    ``seq`` is set (the room row is created if missing); ``history``, ``operations``
-    and ``chat`` rows are inserted; then history rows with ``seq <= seq -
-    history_limit`` and operation records with such a seq are deleted.
+    First the room's stored seq is compared with ``base_seq``, the room's committed
+    seq these changes were planned on (0 for a room that was never committed; for a
+    room that comes twice in one commit, the ``seq`` of its earlier changes): if they
+    differ, the whole commit raises :class:`SeqConflict`. Then, in this order: if
+    ``replace_all``, every entity of the room is deleted; then ``entities`` in order (a
+    later write to the same key wins); the room's ``seq`` is set (the room row is
+    created if missing); ``history``, ``operations`` and ``chat`` rows are inserted;
+    then history rows with ``seq <= seq - history_limit`` and operation records with
+    such a seq are deleted.
     """
 
     room: str
     seq: int
     history_limit: int
+    base_seq: int = field(kw_only=True)
     entities: list[EntityWrite] = field(default_factory=list)
     replace_all: bool = False
     history: list[HistoryEntry] = field(default_factory=list)
@@ -127,7 +161,9 @@ class Store(Protocol):
     async def commit(self, changes: Sequence[RoomChanges]) -> None:
         """Write every :class:`RoomChanges` in one transaction, all or nothing.
 
-        Raises :class:`StorageUnavailable` (nothing written) if it cannot commit.
+        Raises :class:`SeqConflict` (nothing written) if a room's stored seq is not the
+        ``base_seq`` of its changes, :class:`StorageUnavailable` (nothing written) if it
+        cannot commit for another reason.
         """
 
     async def chat_page(self, room: str, *, before: int | None, limit: int) -> list[ChatMessage]:

@@ -9,7 +9,9 @@ three), kept in plain dicts:
 - :meth:`MemoryStore.commit` is all or nothing: the rooms it touches are copied,
   changed, and swapped in only when every :class:`RoomChanges` applied, so a
   duplicate history/chat ``seq`` or operation id (a primary key violation in SQL)
-  raises :class:`StorageUnavailable` and leaves nothing written.
+  raises :class:`StorageUnavailable`, and a room not at the ``base_seq`` of its
+  changes raises :class:`SeqConflict`, leaving nothing written. Two stores opened
+  with the same ``memory://NAME`` are two writers on one database.
 - ``memory://`` is a fresh empty store; ``memory://NAME`` shares its data with every
   other store opened with the same name in this process (until :func:`forget`), so a
   test can close and reopen it.
@@ -32,10 +34,11 @@ from .base import (
     Role,
     RoomChanges,
     RoomSnapshot,
+    SeqConflict,
     StorageError,
     StorageUnavailable,
 )
-from .migrations import LATEST_VERSION, check_role, dumps, entity_rows, loads
+from .migrations import LATEST_VERSION, Encoded, check_role, encode, loads, seq_claims
 
 
 @dataclass
@@ -128,7 +131,8 @@ class MemoryStore:
 
     async def commit(self, changes: Sequence[RoomChanges]) -> None:
         """See :meth:`Store.commit`; :class:`StorageUnavailable` (nothing written) for
-        injected faults, duplicate keys and non-JSON data."""
+        injected faults, duplicate keys and non-JSON data, :class:`SeqConflict`
+        (nothing written) for a room not at the ``base_seq`` of its changes."""
         await trio.lowlevel.checkpoint()
         self._check_open()
         if self.failing:
@@ -136,13 +140,20 @@ class MemoryStore:
         if self._fail_count > 0:
             self._fail_count -= 1
             raise StorageUnavailable("memory store: injected commit failure")
+        # in the order of the SQL stores: non-JSON data, the seq checks, then the rows
+        encoded = [encode(ch) for ch in changes]
+        for room, base_seq, _ in seq_claims(changes):
+            stored = self._data.rooms.get(room)
+            found = stored.seq if stored is not None else 0
+            if found != base_seq:
+                raise SeqConflict(room, base_seq, found)
         staged: dict[str, _Room] = {}
-        for ch in changes:
+        for ch, rows in zip(changes, encoded, strict=True):
             r = staged.get(ch.room)
             if r is None:
                 old = self._data.rooms.get(ch.room)
                 r = staged[ch.room] = old.copy() if old is not None else _Room()
-            _apply(r, ch)
+            _apply(r, ch, rows)
         self._data.rooms.update(staged)
 
     async def chat_page(self, room: str, *, before: int | None, limit: int) -> list[ChatMessage]:
@@ -184,27 +195,26 @@ class MemoryStore:
         self.closed = True
 
 
-def _apply(r: _Room, ch: RoomChanges) -> None:
-    deletes, sets = entity_rows(ch.entities)
+def _apply(r: _Room, ch: RoomChanges, rows: Encoded) -> None:
     if ch.replace_all:
         r.entities.clear()
-    for key in deletes:
+    for key in rows.deletes:
         r.entities.pop(key, None)
-    for collection, eid, data in sets:
+    for collection, eid, data in rows.sets:
         r.entities[(collection, eid)] = data
     r.seq = ch.seq
-    for h in ch.history:
-        if h.seq in r.history:
+    for seq, event, payload, created_at in rows.history:
+        if seq in r.history:
             raise StorageUnavailable(
-                f"constraint violated: history seq {h.seq} of room {ch.room!r} exists"
+                f"constraint violated: history seq {seq} of room {ch.room!r} exists"
             )
-        r.history[h.seq] = (h.event, dumps(h.payload), h.created_at)
-    for o in ch.operations:
-        if o.operation_id in r.operations:
+        r.history[seq] = (event, payload, created_at)
+    for operation_id, seq, result in rows.operations:
+        if operation_id in r.operations:
             raise StorageUnavailable(
-                f"constraint violated: operation {o.operation_id!r} of room {ch.room!r} exists"
+                f"constraint violated: operation {operation_id!r} of room {ch.room!r} exists"
             )
-        r.operations[o.operation_id] = (o.seq, dumps(o.result))
+        r.operations[operation_id] = (seq, result)
     for m in ch.chat:
         if m.seq in r.chat:
             raise StorageUnavailable(

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from .base import EntityWrite, StorageUnavailable
+from .base import EntityWrite, RoomChanges, SeqConflict, StorageUnavailable
 
 SQLITE_MIGRATIONS: list[str] = [
     # 1: the initial schema
@@ -174,6 +174,42 @@ def dumps(value: Any) -> str:
 def loads(text: str) -> Any:
     """The inverse of :func:`dumps`."""
     return json.loads(text)
+
+
+class Encoded(NamedTuple):
+    """The rows of one :class:`RoomChanges` with every JSON value encoded (see
+    :func:`encode`)."""
+
+    deletes: list[tuple[str, str]]  # (collection, id)
+    sets: list[tuple[str, str, str]]  # (collection, id, data)
+    history: list[tuple[int, str, str, float]]  # (seq, event, payload, created_at)
+    operations: list[tuple[str, int, str]]  # (operation_id, seq, result)
+
+
+def encode(changes: RoomChanges) -> Encoded:
+    """Encode the JSON of ``changes`` (entities collapsed by :func:`entity_rows`), so a
+    store can refuse data that is not JSON, with :class:`StorageUnavailable`, before it
+    writes or checks anything: every backend then fails the same way on it."""
+    deletes, sets = entity_rows(changes.entities)
+    history = [(h.seq, h.event, dumps(h.payload), h.created_at) for h in changes.history]
+    operations = [(o.operation_id, o.seq, dumps(o.result)) for o in changes.operations]
+    return Encoded(deletes, sets, history, operations)
+
+
+def seq_claims(changes: Sequence[RoomChanges]) -> list[tuple[str, int, int]]:
+    """What a commit must check and set of each room it touches: ``(room, base_seq of
+    its first changes, seq of its last changes)``, sorted by room, so that every
+    writer takes the rooms' row locks in one order (no deadlock between two commits).
+
+    Raises :class:`SeqConflict` if a room's later changes in the commit do not start
+    at the seq its earlier ones end at (found: that seq)."""
+    claims: dict[str, tuple[int, int]] = {}
+    for ch in changes:
+        claim = claims.get(ch.room)
+        if claim is not None and claim[1] != ch.base_seq:
+            raise SeqConflict(ch.room, ch.base_seq, claim[1])
+        claims[ch.room] = (ch.base_seq if claim is None else claim[0], ch.seq)
+    return sorted((room, base, seq) for room, (base, seq) in claims.items())
 
 
 def entity_rows(

@@ -8,8 +8,10 @@ the pool (``max_size`` 4), takes a connection from the pool for the duration of 
 call and gives it back. Invariants:
 
 - Connections are in autocommit mode; every multi-statement call runs inside one
-  ``conn.transaction()`` (``commit`` in a pipeline as well: one round trip for most
-  commits). An error rolls the transaction back before the connection goes back.
+  transaction, begun and committed by hand (``commit`` and ``set_grant`` in a
+  pipeline, BEGIN and COMMIT included: one round trip after the pool's check of the
+  connection, the seq check included). An error rolls the transaction back before
+  the connection goes back.
 - A broken connection is never handed out twice: the pool checks each connection
   when it is taken (``ConnectionPool.check_connection``) and drops a connection that
   broke during a call; it reconnects in the background, so the store recovers by
@@ -18,7 +20,12 @@ call and gives it back. Invariants:
   advisory lock, open the pool) raises :class:`StorageError` with the server named
   and what to do, within ``connect_timeout`` + ``open_timeout`` seconds.
 - At run time every driver or pool error (server down, connection lost, pool
-  timeout, a constraint violated by the data) raises :class:`StorageUnavailable`.
+  timeout, a constraint violated by the data) raises :class:`StorageUnavailable`,
+  except a failed seq check: a commit planned on a seq the room is no longer at
+  (another process wrote to it) raises :class:`SeqConflict`. The check is an UPDATE
+  of the room's row, so a concurrent writer of the same room waits for the row lock
+  and then sees the committed seq (READ COMMITTED re-checks the updated row): two
+  writers cannot both pass it.
 
 URLs: ``postgresql://user@host:port/db?...`` (``postgres://`` too) with any libpq
 parameter, plus ``schema=NAME``: tables live in that schema (``search_path``), created
@@ -35,7 +42,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -44,26 +52,12 @@ import psycopg_pool
 import trio
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
-from .base import (
-    ChatMessage,
-    HistoryEntry,
-    OperationRecord,
-    Role,
-    RoomChanges,
-    RoomSnapshot,
-    StorageError,
-    StorageUnavailable,
-)
-from .migrations import (
-    LATEST_VERSION,
-    POSTGRES_MIGRATIONS,
-    dumps,
-    entity_rows,
-    too_new_message,
-)
-from .sqlstore import SQLStore, Statements
+from .base import StorageError, StorageUnavailable
+from .migrations import LATEST_VERSION, POSTGRES_MIGRATIONS, too_new_message
+from .sqlstore import Dialect, SQLStore
 
 T = TypeVar("T")
 
@@ -141,7 +135,7 @@ class PostgresStore(SQLStore[psycopg.Connection[Any]]):
         self._limiter = trio.CapacityLimiter(POOL_MAX_SIZE)
         self._down = False
         self._probing = False
-        super().__init__(_STATEMENTS, wall_clock)
+        super().__init__(_DIALECT, wall_clock)
         self._call_timeout = call_timeout
 
     @classmethod
@@ -229,147 +223,67 @@ class PostgresStore(SQLStore[psycopg.Connection[Any]]):
 # -- run in worker threads --------------------------------------------------------------
 
 
+@contextmanager
+def _transaction(
+    conn: psycopg.Connection[Any], begin: str, *, pipelined: bool
+) -> Iterator[psycopg.Cursor[Any]]:
+    # BEGIN and COMMIT by hand (the connection is in autocommit mode): in a pipeline
+    # they then travel with the statements, where conn.transaction() would sync the
+    # pipeline when it starts and when it ends (4 round trips instead of 1)
+    try:
+        with conn.pipeline() if pipelined else nullcontext(), conn.cursor() as cur:
+            cur.execute(begin)
+            yield cur
+            cur.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _write(conn: psycopg.Connection[Any]) -> AbstractContextManager[psycopg.Cursor[Any]]:
+    # in a pipeline the statements go out without waiting for each other's results:
+    # a commit is one round trip, and the first error (the others are skipped) is
+    # raised when the pipeline ends. READ COMMITTED whatever the server's default:
+    # the seq check relies on an UPDATE re-reading a row another writer committed
+    return _transaction(conn, "BEGIN ISOLATION LEVEL READ COMMITTED", pipelined=True)
+
+
+def _read(conn: psycopg.Connection[Any]) -> AbstractContextManager[psycopg.Cursor[Any]]:
+    return _transaction(
+        conn, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", pipelined=False
+    )
+
+
+def _rollback(conn: psycopg.Connection[Any]) -> None:
+    if conn.closed or conn.info.transaction_status == TransactionStatus.IDLE:
+        return
+    try:
+        conn.rollback()
+    except psycopg.Error:
+        pass  # the connection broke: the pool drops it
+
+
+def _is_seq_conflict(exc: Exception) -> bool:
+    return (
+        isinstance(exc, psycopg.errors.NotNullViolation)
+        and exc.diag.table_name == "rooms"
+        and exc.diag.column_name == "seq"
+    )
+
+
 def _json(text: str) -> Jsonb:
     """A JSONB parameter from JSON text already made by :func:`dumps`."""
     return Jsonb(text, dumps=_identity)
 
 
-def _identity(text: Any) -> str:
-    return cast(str, text)
+def _identity(text: Any) -> Any:
+    return text
 
 
-_UPSERT_ROOM = (
-    "INSERT INTO rooms (id, seq, created_at, updated_at) VALUES (%s, %s, %s, %s) "
-    "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at"
+_DIALECT: Dialect[psycopg.Connection[Any]] = Dialect(
+    param="%s", write=_write, read=_read, json_param=_json, json_value=_identity,
+    is_seq_conflict=_is_seq_conflict,
 )
-_UPSERT_ENTITY = (
-    "INSERT INTO entities (room, collection, id, data) VALUES (%s, %s, %s, %s) "
-    "ON CONFLICT (room, collection, id) DO UPDATE SET data = excluded.data"
-)
-
-
-def _commit(conn: psycopg.Connection[Any], changes: Sequence[RoomChanges], now: float) -> None:
-    with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-        for ch in changes:
-            room = ch.room
-            cur.execute(_UPSERT_ROOM, (room, ch.seq, now, now))
-            deletes, sets = entity_rows(ch.entities)
-            if ch.replace_all:
-                cur.execute("DELETE FROM entities WHERE room = %s", (room,))
-            elif deletes:
-                cur.executemany(
-                    "DELETE FROM entities WHERE room = %s AND collection = %s AND id = %s",
-                    [(room, collection, eid) for collection, eid in deletes],
-                )
-            if sets:
-                cur.executemany(
-                    _UPSERT_ENTITY, [(room, col, eid, _json(data)) for col, eid, data in sets]
-                )
-            if ch.history:
-                cur.executemany(
-                    "INSERT INTO history (room, seq, event, payload, created_at) "
-                    "VALUES (%s, %s, %s, %s, %s)",
-                    [
-                        (room, h.seq, h.event, _json(dumps(h.payload)), h.created_at)
-                        for h in ch.history
-                    ],
-                )
-            if ch.operations:
-                cur.executemany(
-                    "INSERT INTO operations (room, operation_id, seq, result) "
-                    "VALUES (%s, %s, %s, %s)",
-                    [(room, o.operation_id, o.seq, _json(dumps(o.result))) for o in ch.operations],
-                )
-            if ch.chat:
-                cur.executemany(
-                    "INSERT INTO chat_messages "
-                    "(room, seq, user_id, user_name, text, client_id, created_at) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    [
-                        (room, m.seq, m.user_id, m.user_name, m.text, m.client_id, m.created_at)
-                        for m in ch.chat
-                    ],
-                )
-            cutoff = ch.seq - ch.history_limit
-            cur.execute("DELETE FROM history WHERE room = %s AND seq <= %s", (room, cutoff))
-            cur.execute("DELETE FROM operations WHERE room = %s AND seq <= %s", (room, cutoff))
-
-
-_CHAT_COLUMNS = "seq, user_id, user_name, text, client_id, created_at"
-
-
-def _chat_rows(rows: list[tuple[Any, ...]]) -> list[ChatMessage]:
-    return [ChatMessage(*row) for row in reversed(rows)]
-
-
-def _load_room(
-    conn: psycopg.Connection[Any], room: str, history_limit: int, chat_limit: int
-) -> RoomSnapshot:
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        row = conn.execute("SELECT seq FROM rooms WHERE id = %s", (room,)).fetchone()
-        if row is None:
-            return RoomSnapshot()
-        snap = RoomSnapshot(seq=int(row[0]))
-        for collection, eid, data in conn.execute(
-            "SELECT collection, id, data FROM entities WHERE room = %s", (room,)
-        ):
-            snap.entities.setdefault(collection, {})[eid] = data
-        history = conn.execute(
-            "SELECT seq, event, payload, created_at FROM history WHERE room = %s "
-            "ORDER BY seq DESC LIMIT %s",
-            (room, max(history_limit, 0)),
-        ).fetchall()
-        snap.history = [HistoryEntry(*h) for h in reversed(history)]
-        for operation_id, seq, result in conn.execute(
-            "SELECT operation_id, seq, result FROM operations WHERE room = %s AND seq > %s",
-            (room, snap.seq - history_limit),
-        ):
-            snap.operations[operation_id] = OperationRecord(operation_id, seq, result)
-        chat = conn.execute(
-            f"SELECT {_CHAT_COLUMNS} FROM chat_messages WHERE room = %s "
-            "ORDER BY seq DESC LIMIT %s",
-            (room, max(chat_limit, 0)),
-        ).fetchall()
-        snap.chat = _chat_rows(chat)
-        return snap
-
-
-def _chat_page(
-    conn: psycopg.Connection[Any], room: str, before: int | None, limit: int
-) -> list[ChatMessage]:
-    if before is None:
-        rows = conn.execute(
-            f"SELECT {_CHAT_COLUMNS} FROM chat_messages WHERE room = %s "
-            "ORDER BY seq DESC LIMIT %s",
-            (room, max(limit, 0)),
-        ).fetchall()
-    else:
-        rows = conn.execute(
-            f"SELECT {_CHAT_COLUMNS} FROM chat_messages WHERE room = %s AND seq < %s "
-            "ORDER BY seq DESC LIMIT %s",
-            (room, before, max(limit, 0)),
-        ).fetchall()
-    return _chat_rows(rows)
-
-
-def _set_grant(
-    conn: psycopg.Connection[Any], pattern: str, user_id: str, role: Role | None
-) -> None:
-    with conn.transaction():
-        if role is None:
-            conn.execute(
-                "DELETE FROM grants WHERE pattern = %s AND user_id = %s", (pattern, user_id)
-            )
-        else:
-            conn.execute(
-                "INSERT INTO grants (pattern, user_id, role) VALUES (%s, %s, %s) "
-                "ON CONFLICT (pattern, user_id) DO UPDATE SET role = excluded.role",
-                (pattern, user_id, role),
-            )
-        conn.execute(
-            "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'grants_version'"
-        )
 
 
 # -- start-up ---------------------------------------------------------------------------
@@ -454,8 +368,3 @@ def _migrate(conn: psycopg.Connection[Any], where: str) -> None:
                 (version + 1, time.time()),
             )
 
-
-_STATEMENTS: Statements[psycopg.Connection[Any]] = Statements(
-    load_room=_load_room, commit=_commit, chat_page=_chat_page, set_grant=_set_grant,
-    param="%s",
-)

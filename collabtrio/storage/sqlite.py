@@ -18,7 +18,10 @@ never by the trio thread. Invariants:
   :class:`StorageError` naming the path and what to do; the CLI exits 2 with it.
 - Run-time errors (disk full, I/O error, locked longer than the busy timeout, a
   constraint violated by the data) raise :class:`StorageUnavailable`: nothing of the
-  call was written.
+  call was written. A commit planned on a seq the room is no longer at (another
+  process wrote to it) raises :class:`SeqConflict`, nothing written either; the
+  write lock taken by ``BEGIN IMMEDIATE`` makes the seq check and the writes one
+  step for every process on the file.
 
 The file is opened in WAL mode with foreign keys on, ``busy_timeout`` 5000 ms and
 ``PRAGMA synchronous`` NORMAL (a power cut may lose the last commits, never corrupts)
@@ -30,31 +33,16 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
-from .base import (
-    ChatMessage,
-    HistoryEntry,
-    OperationRecord,
-    Role,
-    RoomChanges,
-    RoomSnapshot,
-    StorageError,
-    StorageUnavailable,
-)
-from .migrations import (
-    LATEST_VERSION,
-    SQLITE_MIGRATIONS,
-    dumps,
-    entity_rows,
-    loads,
-    too_new_message,
-)
-from .sqlstore import SQLStore, Statements
+from .base import StorageError, StorageUnavailable
+from .migrations import LATEST_VERSION, SQLITE_MIGRATIONS, loads, too_new_message
+from .sqlstore import Dialect, SQLStore
 
 T = TypeVar("T")
 
@@ -91,7 +79,7 @@ class SQLiteStore(SQLStore[sqlite3.Connection]):
         self.path = path_from_url(url)
         self._conn: sqlite3.Connection | None = conn
         self._limiter = trio.CapacityLimiter(1)
-        super().__init__(_STATEMENTS, wall_clock)
+        super().__init__(_DIALECT, wall_clock)
 
     @classmethod
     async def open(
@@ -121,15 +109,10 @@ class SQLiteStore(SQLStore[sqlite3.Connection]):
             try:
                 return fn(conn)
             except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass  # SQLite may have rolled back already (e.g. SQLITE_FULL)
+                _rollback(conn)
                 raise StorageUnavailable(f"SQLite {self.path}: {exc}") from exc
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
 
         return await trio.to_thread.run_sync(call, limiter=self._limiter)
@@ -152,135 +135,51 @@ class SQLiteStore(SQLStore[sqlite3.Connection]):
 
 # -- run in the worker thread --------------------------------------------------------
 
-_UPSERT_ROOM = (
-    "INSERT INTO rooms (id, seq, created_at, updated_at) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at"
-)
-_UPSERT_ENTITY = (
-    "INSERT INTO entities (room, collection, id, data) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (room, collection, id) DO UPDATE SET data = excluded.data"
-)
 
-
-def _commit(conn: sqlite3.Connection, changes: Sequence[RoomChanges], now: float) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    for ch in changes:
-        room = ch.room
-        conn.execute(_UPSERT_ROOM, (room, ch.seq, now, now))
-        deletes, sets = entity_rows(ch.entities)
-        if ch.replace_all:
-            conn.execute("DELETE FROM entities WHERE room = ?", (room,))
-        elif deletes:
-            conn.executemany(
-                "DELETE FROM entities WHERE room = ? AND collection = ? AND id = ?",
-                [(room, collection, eid) for collection, eid in deletes],
-            )
-        if sets:
-            conn.executemany(_UPSERT_ENTITY, [(room, *row) for row in sets])
-        if ch.history:
-            conn.executemany(
-                "INSERT INTO history (room, seq, event, payload, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(room, h.seq, h.event, dumps(h.payload), h.created_at) for h in ch.history],
-            )
-        if ch.operations:
-            conn.executemany(
-                "INSERT INTO operations (room, operation_id, seq, result) VALUES (?, ?, ?, ?)",
-                [(room, o.operation_id, o.seq, dumps(o.result)) for o in ch.operations],
-            )
-        if ch.chat:
-            conn.executemany(
-                "INSERT INTO chat_messages "
-                "(room, seq, user_id, user_name, text, client_id, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (room, m.seq, m.user_id, m.user_name, m.text, m.client_id, m.created_at)
-                    for m in ch.chat
-                ],
-            )
-        cutoff = ch.seq - ch.history_limit
-        conn.execute("DELETE FROM history WHERE room = ? AND seq <= ?", (room, cutoff))
-        conn.execute("DELETE FROM operations WHERE room = ? AND seq <= ?", (room, cutoff))
-    conn.execute("COMMIT")
-
-
-def _chat_row(row: tuple[Any, ...]) -> ChatMessage:
-    seq, user_id, user_name, text, client_id, created_at = row
-    return ChatMessage(seq, user_id, user_name, text, client_id, created_at)
-
-
-_CHAT_COLUMNS = "seq, user_id, user_name, text, client_id, created_at"
-
-
-def _load_room(
-    conn: sqlite3.Connection, room: str, history_limit: int, chat_limit: int
-) -> RoomSnapshot:
-    conn.execute("BEGIN")
-    row = conn.execute("SELECT seq FROM rooms WHERE id = ?", (room,)).fetchone()
-    if row is None:
+@contextmanager
+def _transaction(conn: sqlite3.Connection, begin: str) -> Iterator[sqlite3.Cursor]:
+    conn.execute(begin)
+    try:
+        yield conn.cursor()
         conn.execute("COMMIT")
-        return RoomSnapshot()
-    snap = RoomSnapshot(seq=int(row[0]))
-    for collection, eid, data in conn.execute(
-        "SELECT collection, id, data FROM entities WHERE room = ?", (room,)
-    ):
-        snap.entities.setdefault(collection, {})[eid] = loads(data)
-    history = conn.execute(
-        "SELECT seq, event, payload, created_at FROM history WHERE room = ? "
-        "ORDER BY seq DESC LIMIT ?",
-        (room, max(history_limit, 0)),
-    ).fetchall()
-    snap.history = [
-        HistoryEntry(seq, event, loads(payload), created_at)
-        for seq, event, payload, created_at in reversed(history)
-    ]
-    for operation_id, seq, result in conn.execute(
-        "SELECT operation_id, seq, result FROM operations WHERE room = ? AND seq > ?",
-        (room, snap.seq - history_limit),
-    ):
-        snap.operations[operation_id] = OperationRecord(operation_id, seq, loads(result))
-    chat = conn.execute(
-        f"SELECT {_CHAT_COLUMNS} FROM chat_messages WHERE room = ? ORDER BY seq DESC LIMIT ?",
-        (room, max(chat_limit, 0)),
-    ).fetchall()
-    snap.chat = [_chat_row(r) for r in reversed(chat)]
-    conn.execute("COMMIT")
-    return snap
+    except BaseException:
+        _rollback(conn)
+        raise
 
 
-def _chat_page(
-    conn: sqlite3.Connection, room: str, before: int | None, limit: int
-) -> list[ChatMessage]:
-    if before is None:
-        rows = conn.execute(
-            f"SELECT {_CHAT_COLUMNS} FROM chat_messages WHERE room = ? "
-            "ORDER BY seq DESC LIMIT ?",
-            (room, max(limit, 0)),
-        ).fetchall()
-    else:
-        rows = conn.execute(
-            f"SELECT {_CHAT_COLUMNS} FROM chat_messages WHERE room = ? AND seq < ? "
-            "ORDER BY seq DESC LIMIT ?",
-            (room, before, max(limit, 0)),
-        ).fetchall()
-    return [_chat_row(r) for r in reversed(rows)]
+def _write(conn: sqlite3.Connection) -> AbstractContextManager[sqlite3.Cursor]:
+    # IMMEDIATE takes the write lock at once: a busy database fails here, not half-way
+    return _transaction(conn, "BEGIN IMMEDIATE")
 
 
-def _set_grant(conn: sqlite3.Connection, pattern: str, user_id: str, role: Role | None) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    if role is None:
-        conn.execute("DELETE FROM grants WHERE pattern = ? AND user_id = ?", (pattern, user_id))
-    else:
-        conn.execute(
-            "INSERT INTO grants (pattern, user_id, role) VALUES (?, ?, ?) "
-            "ON CONFLICT (pattern, user_id) DO UPDATE SET role = excluded.role",
-            (pattern, user_id, role),
-        )
-    conn.execute(
-        "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) "
-        "WHERE key = 'grants_version'"
+def _read(conn: sqlite3.Connection) -> AbstractContextManager[sqlite3.Cursor]:
+    return _transaction(conn, "BEGIN")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite may have rolled back already (e.g. SQLITE_FULL)
+
+
+def _is_seq_conflict(exc: Exception) -> bool:
+    return (
+        isinstance(exc, sqlite3.IntegrityError)
+        and getattr(exc, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_NOTNULL"
+        and "rooms.seq" in str(exc)
     )
-    conn.execute("COMMIT")
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+_DIALECT: Dialect[sqlite3.Connection] = Dialect(
+    param="?", write=_write, read=_read, json_param=_identity, json_value=loads,
+    is_seq_conflict=_is_seq_conflict,
+)
 
 
 # -- start-up ---------------------------------------------------------------------------
@@ -425,8 +324,3 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
                 conn.execute("ROLLBACK")
             raise
 
-
-_STATEMENTS: Statements[sqlite3.Connection] = Statements(
-    load_room=_load_room, commit=_commit, chat_page=_chat_page, set_grant=_set_grant,
-    param="?",
-)

@@ -8,8 +8,9 @@ up and become the next transaction, so the number of transactions adapts to the 
 one per request when idle, one per batch of many rooms when busy.
 
 If a merged transaction fails for a reason other than the database being unavailable
-(say, a constraint one room's changes broke), each request is retried alone, so one
-room's bad batch cannot fail the others. :class:`StorageUnavailable` fails every
+(a :class:`~collabtrio.storage.base.SeqConflict`: another writer moved one of the
+rooms), each request is retried alone, so one room's conflict cannot fail the others:
+only the requests of that room get the error. :class:`StorageUnavailable` fails every
 request of the transaction: the database is down for all of them.
 """
 

@@ -1,17 +1,29 @@
-"""The front door: one TCP port for HTTP routes and WebSocket upgrades.
+"""The front door: one TCP port, HTTP/1.1 with keep-alive, a router, WebSocket upgrades.
 
-Theory of operation: each accepted stream is read with h11 until the request head is
-complete (bounded in size and time). A WebSocket upgrade is handed on together with the
-raw bytes read so far, which the WebSocket layer feeds to wsproto (the head, plus any
-frames the client sent right after it). Everything else is an HTTP request answered
-by the ``http_handler`` (one request per connection; the response closes it).
+Theory of operation: each accepted stream is served by :func:`serve_stream`, which
+reads requests with h11 one after the other on the same connection (keep-alive, which
+long-polling clients rely on), answering each in order before reading the next. The
+:class:`Router` maps a path to an HTTP handler (request in, :class:`HttpResponse`
+out) or to a WebSocket handler. A WebSocket upgrade ends the HTTP part of the
+connection: the handler gets the stream and the bytes of the upgrade request (its head
+and whatever the client sent right after it), which the WebSocket layer feeds to
+wsproto.
+
+Limits: a request head must be complete within :data:`HEAD_TIMEOUT_S` (an idle
+keep-alive connection waits at most :data:`KEEP_ALIVE_S` for the next one) and is at
+most :data:`MAX_HEAD_BYTES`; a body must arrive within :data:`BODY_TIMEOUT_S` and be at
+most ``max_body_bytes`` (else 413 and the connection is closed).
+
+Every HTTP response is written by :func:`send_response`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -20,7 +32,14 @@ import trio
 log = logging.getLogger(__name__)
 
 HEAD_TIMEOUT_S = 10.0
+"""Seconds a request head may take to arrive, once it has started (or for the first)."""
+KEEP_ALIVE_S = 65.0
+"""Seconds an idle keep-alive connection waits for its next request."""
+BODY_TIMEOUT_S = 10.0
+"""Seconds a request body may take to arrive."""
 MAX_HEAD_BYTES = 16 * 1024
+"""The largest request head accepted (431 past it)."""
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +73,56 @@ class HttpResponse:
     content_type: str = "text/plain; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = ()
 
+    @classmethod
+    def json(cls, status: int, body: object) -> HttpResponse:
+        """A JSON response."""
+        return cls(status, json.dumps(body).encode(), "application/json")
+
 
 WebSocketHandler = Callable[[trio.abc.Stream, HttpRequest, bytes], Awaitable[None]]
 HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+
+
+def _route_key(path: str) -> str:
+    return path.rstrip("/") or "/"
+
+
+class Router:
+    """Paths to handlers: exact paths (a trailing ``/`` does not matter) or prefixes."""
+
+    def __init__(self) -> None:
+        self._http: dict[str, HttpHandler] = {}
+        self._http_prefixes: list[tuple[str, HttpHandler]] = []
+        self._websocket: dict[str, WebSocketHandler] = {}
+        self._websocket_prefixes: list[tuple[str, WebSocketHandler]] = []
+
+    def http(self, path: str, handler: HttpHandler, *, prefix: bool = False) -> None:
+        """Answer HTTP requests for ``path`` (or every path under it) with ``handler``."""
+        if prefix:
+            self._http_prefixes.append((path, handler))
+        else:
+            self._http[_route_key(path)] = handler
+
+    def websocket(self, path: str, handler: WebSocketHandler, *, prefix: bool = False) -> None:
+        """Hand WebSocket upgrades for ``path`` (or under it) to ``handler``."""
+        if prefix:
+            self._websocket_prefixes.append((path, handler))
+        else:
+            self._websocket[_route_key(path)] = handler
+
+    def find_http(self, path: str) -> HttpHandler | None:
+        """The HTTP handler for ``path``, if any."""
+        found = self._http.get(_route_key(path))
+        if found is None:
+            found = next((h for p, h in self._http_prefixes if path.startswith(p)), None)
+        return found
+
+    def find_websocket(self, path: str) -> WebSocketHandler | None:
+        """The WebSocket handler for ``path``, if any."""
+        found = self._websocket.get(_route_key(path))
+        if found is None:
+            found = next((h for p, h in self._websocket_prefixes if path.startswith(p)), None)
+        return found
 
 
 def remote_of(stream: trio.abc.Stream) -> str:
@@ -70,140 +136,160 @@ def remote_of(stream: trio.abc.Stream) -> str:
     return "memory"
 
 
-async def read_request_head(stream: trio.abc.Stream) -> tuple[HttpRequest, bytes, h11.Connection]:
-    """Read one request head; returns it, every byte read so far, and the h11 state.
+def _request_of(event: h11.Request, remote: str) -> HttpRequest:
+    target = event.target.decode("latin-1")
+    parts = urlsplit(target)
+    headers: dict[str, str] = {}
+    for name, value in event.headers:
+        key = name.decode("latin-1").lower()
+        val = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {val}" if key in headers else val
+    return HttpRequest(
+        method=event.method.decode("ascii"),
+        target=target,
+        path=parts.path,
+        query=parse_qs(parts.query, keep_blank_values=True),
+        headers=headers,
+        remote=remote,
+    )
 
-    Raises :class:`h11.RemoteProtocolError` for a malformed or oversized head and
-    :class:`EOFError` when the peer closes first.
-    """
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-    raw = bytearray()
+
+async def _next_event(
+    stream: trio.abc.Stream, conn: h11.Connection
+) -> h11.Event | type[h11.PAUSED]:
+    """The next h11 event, reading from ``stream`` as needed (EOF: ConnectionClosed)."""
     while True:
         event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await stream.receive_some(65536)
-            if not data:
-                raise EOFError
-            raw += data
-            conn.receive_data(bytes(data))
-            continue
-        if isinstance(event, h11.Request):
-            target = event.target.decode("latin-1")
-            parts = urlsplit(target)
-            headers: dict[str, str] = {}
-            for name, value in event.headers:
-                key = name.decode("latin-1").lower()
-                val = value.decode("latin-1")
-                headers[key] = f"{headers[key]}, {val}" if key in headers else val
-            request = HttpRequest(
-                method=event.method.decode("ascii"),
-                target=target,
-                path=parts.path,
-                query=parse_qs(parts.query, keep_blank_values=True),
-                headers=headers,
-                remote=remote_of(stream),
-            )
-            return request, bytes(raw), conn
-        if isinstance(event, h11.ConnectionClosed):
-            raise EOFError
-        raise h11.RemoteProtocolError("unexpected event before request", 400)
+        if event is not h11.NEED_DATA:
+            return event  # type: ignore[return-value]
+        data = await stream.receive_some(65536)
+        conn.receive_data(bytes(data))
 
 
-async def _read_body(
-    stream: trio.abc.Stream, conn: h11.Connection, max_bytes: int
-) -> bytes | None:
+def _head_bytes(event: h11.Request) -> bytes:
+    """The request head again, for the WebSocket layer (wsproto parses it itself)."""
+    lines = [event.method + b" " + event.target + b" HTTP/1.1"]
+    lines.extend(name + b": " + value for name, value in event.headers)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def _read_body(stream: trio.abc.Stream, conn: h11.Connection, max_bytes: int) -> bytes | None:
+    """The request body, or None if it is larger than ``max_bytes`` or never ends."""
     body = bytearray()
     while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await stream.receive_some(65536)
-            if not data:
-                return None
-            conn.receive_data(bytes(data))
-            continue
+        event = await _next_event(stream, conn)
         if isinstance(event, h11.Data):
             body += event.data
             if len(body) > max_bytes:
                 return None
-            continue
-        if isinstance(event, h11.EndOfMessage):
+        elif isinstance(event, h11.EndOfMessage):
             return bytes(body)
-        return None
+        else:
+            return None
 
 
-async def send_response(stream: trio.abc.Stream, conn: h11.Connection, resp: HttpResponse) -> None:
-    """Write ``resp`` and ask the peer to close (no keep-alive)."""
-    headers = [
-        ("content-type", resp.content_type),
-        ("content-length", str(len(resp.body))),
-        ("connection", "close"),
-        *resp.headers,
-    ]
-    out = conn.send(h11.Response(status_code=resp.status, headers=headers))
-    assert out is not None
+def _encode_raw(resp: HttpResponse) -> bytes:
+    reason = HTTPStatus(resp.status).phrase if resp.status in HTTPStatus._value2member_map_ else ""
+    head = [f"HTTP/1.1 {resp.status} {reason}", f"content-type: {resp.content_type}",
+            f"content-length: {len(resp.body)}", "connection: close",
+            *(f"{name}: {value}" for name, value in resp.headers)]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body
+
+
+async def send_response(
+    stream: trio.abc.Stream, resp: HttpResponse, conn: h11.Connection | None = None,
+    *, close: bool = False,
+) -> None:
+    """Write ``resp``: within ``conn``'s request cycle (keep-alive unless ``close`` or the
+    client asked to close), or, without a usable ``conn``, as a last answer before the
+    connection closes."""
+    if conn is None or conn.our_state is not h11.SEND_RESPONSE:
+        await stream.send_all(_encode_raw(resp))
+        return
+    headers = [("content-type", resp.content_type), ("content-length", str(len(resp.body))),
+               *resp.headers]
+    if close:
+        headers.append(("connection", "close"))
+    out = conn.send(h11.Response(status_code=resp.status, headers=headers)) or b""
     out += conn.send(h11.Data(data=resp.body)) or b""
     out += conn.send(h11.EndOfMessage()) or b""
     await stream.send_all(out)
 
 
-async def handle_stream(
-    stream: trio.abc.Stream,
-    *,
-    on_websocket: WebSocketHandler,
-    on_http: HttpHandler,
-    max_body_bytes: int,
-) -> None:
+async def send_error(stream: trio.abc.Stream, status: int, message: str) -> None:
+    """Answer with ``{code: 3, message}`` (Engine.IO's error body) and close; never raises
+    for a peer that is already gone."""
+    try:
+        await send_response(stream, HttpResponse.json(status, {"code": 3, "message": message}))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def serve_stream(stream: trio.abc.Stream, router: Router, *, max_body_bytes: int) -> None:
     """Serve one accepted stream until it is done; never raises (except Cancelled).
 
-    Resource handling: the stream is closed when this returns, whatever happened.
+    Resource handling: the stream is closed when this returns, whatever happened, except
+    that a WebSocket handler owns it (and closes it) once the upgrade was handed over.
     """
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+    remote = remote_of(stream)
+    timeout = HEAD_TIMEOUT_S
     try:
-        try:
-            with trio.fail_after(HEAD_TIMEOUT_S):
-                request, raw, conn = await read_request_head(stream)
-        except (EOFError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
-            return
-        except h11.RemoteProtocolError as exc:
-            # h11 knows which status fits (400, 413, 431)
-            status = exc.error_status_hint or 400
-            await stream.send_all(
-                b"HTTP/1.1 %d Bad Request\r\ncontent-length: 12\r\n"
-                b"connection: close\r\n\r\nbad request\n" % status
-            )
-            return
-        if request.is_websocket_upgrade:
-            # the session lasts as long as the client: keep nothing of the head parse
-            del conn
-            await on_websocket(stream, request, raw)
-            return
-        body = b""
-        if request.method in ("POST", "PUT", "PATCH"):
-            got = None
-            with trio.move_on_after(HEAD_TIMEOUT_S):
-                got = await _read_body(stream, conn, max_body_bytes)
-            if got is None:
-                await send_response(stream, conn, HttpResponse(413, b"request body too large\n"))
+        while True:
+            try:
+                with trio.fail_after(timeout):
+                    event = await _next_event(stream, conn)
+            except h11.RemoteProtocolError as exc:
+                # h11 knows which status fits (400, 413, 431)
+                await send_response(stream, HttpResponse(exc.error_status_hint or 400,
+                                                         b"bad request\n"))
                 return
-            body = got
-        response = await on_http(
-            HttpRequest(
-                request.method,
-                request.target,
-                request.path,
-                request.query,
-                request.headers,
-                request.remote,
-                body,
-            )
-        )
-        await send_response(stream, conn, response)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if not isinstance(event, h11.Request):
+                return  # closed by the peer, or it took too long
+            request = _request_of(event, remote)
+            if request.is_websocket_upgrade:
+                handler = router.find_websocket(request.path)
+                if handler is None:
+                    await send_error(stream, 404, "not found")
+                    return
+                # the session lasts as long as the client: keep nothing of the parser
+                raw = _head_bytes(event) + conn.trailing_data[0]
+                del conn
+                await handler(stream, request, raw)
+                return
+            if not await _serve_request(stream, conn, router, request, max_body_bytes):
+                return
+            conn.start_next_cycle()
+            timeout = KEEP_ALIVE_S
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
         pass
     except Exception:
         log.exception("error while serving a connection")
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(1):
             await stream.aclose()
+
+
+async def _serve_request(stream: trio.abc.Stream, conn: h11.Connection, router: Router,
+                         request: HttpRequest, max_body_bytes: int) -> bool:
+    """Answer one request; True if the connection may carry another."""
+    body: bytes | None = None  # stays None if the body takes too long
+    with trio.move_on_after(BODY_TIMEOUT_S):
+        body = await _read_body(stream, conn, max_body_bytes if request.method in _BODY_METHODS
+                                else 0)
+    if body is None:
+        await send_response(stream, HttpResponse(413, b"request body too large\n"), conn,
+                            close=True)
+        return False
+    handler = router.find_http(request.path)
+    if handler is None:
+        response = HttpResponse(404, b"not found\n")
+    else:
+        response = await handler(HttpRequest(request.method, request.target, request.path,
+                                             request.query, request.headers, request.remote,
+                                             body))
+    await send_response(stream, response, conn)
+    return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
 
 def first(query: dict[str, list[str]], name: str) -> str | None:

@@ -77,7 +77,7 @@ async def test_empty_commit_is_a_no_op(store: Store) -> None:
 
 async def test_commit_and_reload(store: Store) -> None:
     await store.commit([RoomChanges(
-        "room-1", seq=3, history_limit=LIMIT,
+        "room-1", seq=3, history_limit=LIMIT, base_seq=0,
         entities=[set_("cards", "a", title="A", n=1), set_("cards", "b", title="B"),
                   set_("lists", "x", name="X")],
         history=[hist(1), hist(2, "field"), hist(3, "chat")],
@@ -94,7 +94,7 @@ async def test_commit_and_reload(store: Store) -> None:
 
     # update one, delete one, add one: only those rows change
     await store.commit([RoomChanges(
-        "room-1", seq=5, history_limit=LIMIT,
+        "room-1", seq=5, history_limit=LIMIT, base_seq=3,
         entities=[set_("cards", "a", title="A2"), delete("cards", "b"),
                   set_("cards", "c", title="C"), delete("cards", "never-existed")],
         history=[hist(5), hist(4)],  # inserted in any order, loaded ascending
@@ -112,13 +112,13 @@ async def test_commit_and_reload(store: Store) -> None:
 
 
 async def test_a_collection_whose_entities_are_all_deleted_disappears(store: Store) -> None:
-    await store.commit([RoomChanges("r", 1, LIMIT, entities=[set_("c", "1", v=1)])])
-    await store.commit([RoomChanges("r", 2, LIMIT, entities=[delete("c", "1")])])
+    await store.commit([RoomChanges("r", 1, LIMIT, base_seq=0, entities=[set_("c", "1", v=1)])])
+    await store.commit([RoomChanges("r", 2, LIMIT, base_seq=1, entities=[delete("c", "1")])])
     assert (await load(store, "r")).entities == {}
 
 
 async def test_the_later_write_to_the_same_entity_wins(store: Store) -> None:
-    await store.commit([RoomChanges("r", 1, LIMIT, entities=[
+    await store.commit([RoomChanges("r", 1, LIMIT, base_seq=0, entities=[
         set_("c", "1", v=1), set_("c", "1", v=2),        # set, set
         set_("c", "2", v=1), delete("c", "2"),            # set, delete
         delete("c", "3"), set_("c", "3", v=3),            # delete, set
@@ -127,12 +127,12 @@ async def test_the_later_write_to_the_same_entity_wins(store: Store) -> None:
 
 
 async def test_replace_all_deletes_every_entity_first(store: Store) -> None:
-    await store.commit([RoomChanges("r", 1, LIMIT, entities=[
+    await store.commit([RoomChanges("r", 1, LIMIT, base_seq=0, entities=[
         set_("a", "1", v=1), set_("a", "2", v=2), set_("b", "1", v=3)])])
-    await store.commit([RoomChanges("r", 2, LIMIT, replace_all=True, entities=[
+    await store.commit([RoomChanges("r", 2, LIMIT, base_seq=1, replace_all=True, entities=[
         set_("a", "2", v=20), set_("c", "9", v=9), delete("a", "1")])])
     assert (await load(store, "r")).entities == {"a": {"2": {"v": 20}}, "c": {"9": {"v": 9}}}
-    await store.commit([RoomChanges("r", 3, LIMIT, replace_all=True)])
+    await store.commit([RoomChanges("r", 3, LIMIT, base_seq=2, replace_all=True)])
     snap = await load(store, "r")
     assert snap.entities == {}
     assert snap.seq == 3
@@ -141,7 +141,7 @@ async def test_replace_all_deletes_every_entity_first(store: Store) -> None:
 async def test_history_and_operations_are_trimmed_to_history_limit(store: Store) -> None:
     for seq in range(1, 11):
         await store.commit([RoomChanges(
-            "r", seq, history_limit=4, history=[hist(seq)],
+            "r", seq, history_limit=4, base_seq=seq - 1, history=[hist(seq)],
             operations=[OperationRecord(f"op-{seq}", seq, {"n": seq})],
         )])
     snap = await load(store, "r", history_limit=100)
@@ -150,8 +150,9 @@ async def test_history_and_operations_are_trimmed_to_history_limit(store: Store)
     assert sorted(snap.operations) == ["op-10", "op-7", "op-8", "op-9"]
     # a bigger seq jump trims more; the limit applies per room
     await store.commit([
-        RoomChanges("r", 20, history_limit=4, history=[hist(20)]),
-        RoomChanges("other", 3, history_limit=4, history=[hist(1), hist(2), hist(3)]),
+        RoomChanges("r", 20, history_limit=4, base_seq=10, history=[hist(20)]),
+        RoomChanges("other", 3, history_limit=4, base_seq=0,
+                    history=[hist(1), hist(2), hist(3)]),
     ])
     assert [h.seq for h in (await load(store, "r")).history] == [20]
     assert (await load(store, "r")).operations == {}
@@ -159,7 +160,7 @@ async def test_history_and_operations_are_trimmed_to_history_limit(store: Store)
 
 
 async def test_chat_is_not_trimmed_with_history(store: Store) -> None:
-    await store.commit([RoomChanges("r", 10, history_limit=2,
+    await store.commit([RoomChanges("r", 10, history_limit=2, base_seq=0,
                                     history=[hist(s) for s in range(1, 11)],
                                     chat=[chat(s) for s in range(1, 11)])])
     snap = await load(store, "r")
@@ -169,7 +170,7 @@ async def test_chat_is_not_trimmed_with_history(store: Store) -> None:
 
 async def test_load_room_limits(store: Store) -> None:
     await store.commit([RoomChanges(
-        "r", 20, history_limit=100,
+        "r", 20, history_limit=100, base_seq=0,
         history=[hist(s) for s in range(1, 21)],
         operations=[OperationRecord(f"op-{s}", s, {}) for s in range(1, 21)],
         chat=[chat(s) for s in range(1, 21, 2)],  # odd seqs 1..19
@@ -186,9 +187,10 @@ async def test_load_room_limits(store: Store) -> None:
 
 
 async def test_chat_page(store: Store) -> None:
-    await store.commit([RoomChanges("r", 30, history_limit=100,
+    await store.commit([RoomChanges("r", 30, history_limit=100, base_seq=0,
                                     chat=[chat(s) for s in range(1, 31, 3)])])  # 1,4,..,28
-    await store.commit([RoomChanges("other", 5, history_limit=100, chat=[chat(5)])])
+    await store.commit([RoomChanges("other", 5, history_limit=100, base_seq=0,
+                                    chat=[chat(5)])])
     newest = await store.chat_page("r", before=None, limit=4)
     assert [m.seq for m in newest] == [19, 22, 25, 28]
     assert newest[-1] == chat(28)
@@ -203,7 +205,7 @@ async def test_chat_page(store: Store) -> None:
 
 async def test_many_rooms_in_one_commit(store: Store) -> None:
     await store.commit([
-        RoomChanges(f"room-{i}", seq=i + 1, history_limit=LIMIT,
+        RoomChanges(f"room-{i}", seq=i + 1, history_limit=LIMIT, base_seq=0,
                     entities=[set_("c", str(i), i=i)], history=[hist(i + 1)],
                     chat=[chat(i + 1)])
         for i in range(20)
@@ -218,10 +220,10 @@ async def test_many_rooms_in_one_commit(store: Store) -> None:
 
 async def test_the_same_room_twice_in_one_commit_applies_in_order(store: Store) -> None:
     await store.commit([
-        RoomChanges("r", 1, LIMIT, entities=[set_("c", "1", v=1)], history=[hist(1)]),
-        RoomChanges("r", 2, LIMIT, replace_all=True, entities=[set_("c", "2", v=2)],
+        RoomChanges("r", 1, LIMIT, base_seq=0, entities=[set_("c", "1", v=1)], history=[hist(1)]),
+        RoomChanges("r", 2, LIMIT, base_seq=1, replace_all=True, entities=[set_("c", "2", v=2)],
                     history=[hist(2)]),
-        RoomChanges("r", 3, LIMIT, entities=[set_("c", "2", v=3)], history=[hist(3)]),
+        RoomChanges("r", 3, LIMIT, base_seq=2, entities=[set_("c", "2", v=3)], history=[hist(3)]),
     ])
     snap = await load(store, "r")
     assert snap.seq == 3
@@ -231,30 +233,34 @@ async def test_the_same_room_twice_in_one_commit_applies_in_order(store: Store) 
 
 def _good_batch() -> list[RoomChanges]:
     return [
-        RoomChanges("a", 2, LIMIT, entities=[set_("c", "new", v=1), delete("c", "old")],
+        RoomChanges("a", 2, LIMIT, base_seq=1,
+                    entities=[set_("c", "new", v=1), delete("c", "old")],
                     history=[hist(2)], operations=[OperationRecord("op-a2", 2, {})],
                     chat=[chat(2)]),
-        RoomChanges("fresh", 1, LIMIT, entities=[set_("c", "1", v=1)], history=[hist(1)]),
+        RoomChanges("fresh", 1, LIMIT, base_seq=0,
+                    entities=[set_("c", "1", v=1)], history=[hist(1)]),
     ]
 
 
 @pytest.mark.parametrize("clash", ["history", "chat", "operation", "within-batch"])
 async def test_a_failing_batch_writes_nothing(store: Store, clash: str) -> None:
     """A primary key violation anywhere in a batch rolls the whole batch back; commit
-    raises StorageUnavailable (the contract's one error for "could not commit")."""
+    raises StorageUnavailable (the contract's error for "could not commit", but for a
+    seq conflict: see test_seq_conflict.py)."""
     await store.commit([RoomChanges(
-        "a", 1, LIMIT, entities=[set_("c", "old", v=0)], history=[hist(1)],
+        "a", 1, LIMIT, base_seq=0, entities=[set_("c", "old", v=0)], history=[hist(1)],
         operations=[OperationRecord("op-a1", 1, {})], chat=[chat(1)])])
     before = await load(store, "a")
     batch = _good_batch()
     if clash == "history":      # seq 1 of room a is stored already
-        batch.append(RoomChanges("a", 3, LIMIT, history=[hist(1)]))
+        batch.append(RoomChanges("a", 3, LIMIT, base_seq=2, history=[hist(1)]))
     elif clash == "chat":
-        batch.append(RoomChanges("a", 3, LIMIT, chat=[chat(1)]))
+        batch.append(RoomChanges("a", 3, LIMIT, base_seq=2, chat=[chat(1)]))
     elif clash == "operation":
-        batch.append(RoomChanges("a", 3, LIMIT, operations=[OperationRecord("op-a1", 3, {})]))
+        batch.append(RoomChanges("a", 3, LIMIT, base_seq=2,
+                                   operations=[OperationRecord("op-a1", 3, {})]))
     else:                       # two new rows with the same key in one batch
-        batch.append(RoomChanges("fresh", 2, LIMIT, history=[hist(1)]))
+        batch.append(RoomChanges("fresh", 2, LIMIT, base_seq=1, history=[hist(1)]))
     with pytest.raises(StorageUnavailable):
         await store.commit(batch)
     assert await load(store, "a") == before
@@ -272,11 +278,12 @@ async def test_data_that_is_not_json_is_refused_and_nothing_written(store: Store
     for bad in ({"x": math.nan}, {"x": math.inf}, {"x": object()}):
         with pytest.raises(StorageUnavailable):
             await store.commit([
-                RoomChanges("ok", 1, LIMIT, entities=[set_("c", "1", v=1)]),
-                RoomChanges("bad", 1, LIMIT, entities=[EntityWrite("c", "1", bad)]),
+                RoomChanges("ok", 1, LIMIT, base_seq=0, entities=[set_("c", "1", v=1)]),
+                RoomChanges("bad", 1, LIMIT, base_seq=0,
+                            entities=[EntityWrite("c", "1", bad)]),
             ])
     with pytest.raises(StorageUnavailable):
-        await store.commit([RoomChanges("bad", 1, LIMIT, history=[
+        await store.commit([RoomChanges("bad", 1, LIMIT, base_seq=0, history=[
             HistoryEntry(1, "op", {"v": math.nan}, 1.0)])])
     assert (await load(store, "ok")).seq == 0
     assert (await load(store, "bad")).seq == 0
@@ -304,7 +311,7 @@ async def test_json_round_trip(store: Store) -> None:
     data = {f"k{i}": v for i, v in enumerate(JSON_SAMPLES)}
     data["🔑 unicode key"] = "v"
     await store.commit([RoomChanges(
-        "r-é", 1, LIMIT,
+        "r-é", 1, LIMIT, base_seq=0,
         entities=[EntityWrite("col ü", "id/1 🎉", data)],
         history=[HistoryEntry(1, "op", {"seq": 1, "data": data}, 1.25)],
         operations=[OperationRecord("op-é", 1, {"result": data})],
@@ -323,7 +330,8 @@ async def test_json_round_trip(store: Store) -> None:
 
 async def test_float_timestamps_keep_their_precision(store: Store) -> None:
     now = time.time()
-    await store.commit([RoomChanges("r", 1, LIMIT, history=[HistoryEntry(1, "op", {}, now)],
+    await store.commit([RoomChanges("r", 1, LIMIT, base_seq=0,
+                                    history=[HistoryEntry(1, "op", {}, now)],
                                     chat=[ChatMessage(1, "u", "U", "t", None, now)])])
     snap = await load(store, "r")
     assert snap.history[0].created_at == now
@@ -332,7 +340,8 @@ async def test_float_timestamps_keep_their_precision(store: Store) -> None:
 
 async def test_returned_data_is_not_aliased_with_stored_data(store: Store) -> None:
     data: dict[str, Any] = {"list": [1, 2], "inner": {"v": 1}}
-    await store.commit([RoomChanges("r", 1, LIMIT, entities=[EntityWrite("c", "1", data)],
+    await store.commit([RoomChanges("r", 1, LIMIT, base_seq=0,
+                                    entities=[EntityWrite("c", "1", data)],
                                     history=[HistoryEntry(1, "op", data, 1.0)])])
     data["list"].append(3)  # the caller keeps mutating its objects
     snap = await load(store, "r")
@@ -367,7 +376,8 @@ async def test_grants(store: Store) -> None:
 
 
 async def test_reopen_keeps_data(store: Store) -> None:
-    await store.commit([RoomChanges("r", 7, LIMIT, entities=[set_("c", "1", v="é")],
+    await store.commit([RoomChanges("r", 7, LIMIT, base_seq=0,
+                                    entities=[set_("c", "1", v="é")],
                                     history=[hist(7)],
                                     operations=[OperationRecord("op", 7, {"ok": 1})],
                                     chat=[chat(7)])])
@@ -393,7 +403,8 @@ async def test_concurrent_calls(store: Store) -> None:
 
     async def room_writer(n: int) -> None:
         for seq in range(1, 11):
-            await store.commit([RoomChanges(f"r{n}", seq, LIMIT, history=[hist(seq)],
+            await store.commit([RoomChanges(f"r{n}", seq, LIMIT, base_seq=seq - 1,
+                                            history=[hist(seq)],
                                             entities=[set_("c", "x", seq=seq)])])
             await load(store, f"r{(n + 1) % 8}")
 
@@ -495,7 +506,7 @@ async def test_concurrent_opens_migrate_once(store_url: str) -> None:
                 nursery.start_soon(opener)
         for s in stores:
             assert await s.schema_version() == LATEST_VERSION
-        await stores[0].commit([RoomChanges("r", 1, LIMIT, history=[hist(1)])])
+        await stores[0].commit([RoomChanges("r", 1, LIMIT, base_seq=0, history=[hist(1)])])
         assert (await load(stores[-1], "r")).seq == 1
     finally:
         for s in stores:
@@ -510,7 +521,7 @@ async def test_postgres_recovers_from_lost_connections(postgres_url: str,
 
     store = await open_store(postgres_url)
     try:
-        await store.commit([RoomChanges("r", 1, LIMIT, history=[hist(1)])])
+        await store.commit([RoomChanges("r", 1, LIMIT, base_seq=0, history=[hist(1)])])
         app = dict(q.split("=", 1) for q in postgres_url.split("?", 1)[1].split("&"))
         with psycopg.connect(postgres_server, autocommit=True) as admin:
             killed = admin.execute(
@@ -519,7 +530,7 @@ async def test_postgres_recovers_from_lost_connections(postgres_url: str,
         assert killed is not None
         assert killed[0] >= 1
         await store.ping()
-        await store.commit([RoomChanges("r", 2, LIMIT, history=[hist(2)])])
+        await store.commit([RoomChanges("r", 2, LIMIT, base_seq=1, history=[hist(2)])])
         assert [h.seq for h in (await load(store, "r")).history] == [1, 2]
     finally:
         await store.close()
@@ -572,13 +583,14 @@ async def test_postgres_down_at_run_time_then_back(postgres_url: str) -> None:
             netloc=f"{parts.username or ''}@127.0.0.1:{port}"))
         store = await PostgresStore.open(via_proxy, call_timeout=1.0)
         try:
-            await store.commit([RoomChanges("r", 1, LIMIT, history=[hist(1)])])
+            await store.commit([RoomChanges("r", 1, LIMIT, base_seq=0, history=[hist(1)])])
             proxy.cancel()  # the server is down
             await trio.testing.wait_all_tasks_blocked()
             with pytest.raises(StorageUnavailable):
                 await store.ping()
             with pytest.raises(StorageUnavailable):
-                await store.commit([RoomChanges("r", 2, LIMIT, history=[hist(2)])])
+                await store.commit([RoomChanges("r", 2, LIMIT, base_seq=1,
+                                                    history=[hist(2)])])
             _, proxy = await nursery.start(_tcp_proxy, port, target)  # and back
             with trio.fail_after(20):
                 while True:
@@ -587,7 +599,7 @@ async def test_postgres_down_at_run_time_then_back(postgres_url: str) -> None:
                         break
                     except StorageUnavailable:
                         await trio.sleep(0.2)
-            await store.commit([RoomChanges("r", 2, LIMIT, history=[hist(2)])])
+            await store.commit([RoomChanges("r", 2, LIMIT, base_seq=1, history=[hist(2)])])
             assert [h.seq for h in (await load(store, "r")).history] == [1, 2]
         finally:
             await store.close()
@@ -598,7 +610,7 @@ async def test_memory_fault_injection() -> None:
     from collabtrio.storage.memory import MemoryStore
 
     store = MemoryStore()
-    changes = [RoomChanges("r", 1, LIMIT, history=[hist(1)])]
+    changes = [RoomChanges("r", 1, LIMIT, base_seq=0, history=[hist(1)])]
     store.fail_next(2)
     for _ in range(2):
         with pytest.raises(StorageUnavailable):
@@ -606,7 +618,7 @@ async def test_memory_fault_injection() -> None:
     await store.commit(changes)
     store.failing = True
     with pytest.raises(StorageUnavailable):
-        await store.commit([RoomChanges("r", 2, LIMIT, history=[hist(2)])])
+        await store.commit([RoomChanges("r", 2, LIMIT, base_seq=1, history=[hist(2)])])
     with pytest.raises(StorageUnavailable):
         await store.ping()
     store.failing = False

@@ -34,7 +34,8 @@ def url(path: Path) -> str:
 
 
 def changes(seq: int, size: int = 10) -> list[RoomChanges]:
-    return [RoomChanges("r", seq, 100, entities=[EntityWrite("c", str(seq), {"blob": "x" * size})],
+    return [RoomChanges("r", seq, 100, base_seq=seq - 1,
+                        entities=[EntityWrite("c", str(seq), {"blob": "x" * size})],
                         history=[HistoryEntry(seq, "op", {"seq": seq}, float(seq))])]
 
 

@@ -27,12 +27,11 @@ from collabtrio.auth import (
     check_room_id,
     match_role,
     mint_token,
-    parse_room_grant,
-    parse_ttl,
     personal_room,
     resolve_role,
     role_at_least,
 )
+from collabtrio.cli import parse_room_grant, parse_ttl
 from collabtrio.config import Config, Role
 from collabtrio.errors import CollabError, ErrorCode
 

@@ -1,8 +1,6 @@
-"""Who a connection is, and what it may do in each room.
+"""Who a connection is: a JWT (or no token, in anonymous mode) becomes an :class:`Identity`.
 
-This module turns a JWT (or no token, in anonymous mode) into an :class:`Identity`
-(PROTOCOL section 2) and answers the room questions of section 3: is a room id valid,
-which role does a user have in a room, may a user join a reserved ``user:`` room.
+PROTOCOL section 2. What an identity may do in a room is :mod:`collabtrio.auth.roles`.
 
 Tokens are verified with:
 
@@ -16,14 +14,13 @@ checked here against an injectable clock, so tests can control time. ``aud`` and
 ``iss`` are not checked (the server has no setting for them).
 
 Every refusal is a :class:`~collabtrio.errors.CollabError` with ``AUTH_REQUIRED``,
-``INVALID_TOKEN``, ``TOKEN_EXPIRED``, ``INVALID_ROOM`` or ``FORBIDDEN``.
+``INVALID_TOKEN``, ``TOKEN_EXPIRED`` or (a refresh for another user) ``FORBIDDEN``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -39,41 +36,13 @@ from jwt import PyJWS
 from jwt.algorithms import HMACAlgorithm
 from jwt.exceptions import PyJWTError
 
-from .config import ROLES, Config, Role
-from .errors import CollabError, ErrorCode
+from ..config import Config
+from ..errors import CollabError, ErrorCode
+from ..protocol.ids import ROLES, ROOM_PATTERN_RE, Role, short_repr
 
-__all__ = [
-    "NBF_LEEWAY_S",
-    "PERSONAL_ROOM_PREFIX",
-    "ROLE_RANK",
-    "ROOM_ID_RE",
-    "ROOM_PATTERN_RE",
-    "Authenticator",
-    "Identity",
-    "check_join_allowed",
-    "check_room_id",
-    "match_role",
-    "mint_token",
-    "parse_room_grant",
-    "parse_ttl",
-    "personal_room",
-    "resolve_role",
-    "role_at_least",
-]
+__all__ = ["NBF_LEEWAY_S", "Authenticator", "Identity", "mint_token"]
 
 log = logging.getLogger(__name__)
-
-ROOM_ID_RE: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-"""A valid room id: 1 to 128 characters of ``[A-Za-z0-9._:-]`` (use ``fullmatch``)."""
-
-ROOM_PATTERN_RE: Final = re.compile(r"^(?:[A-Za-z0-9._:-]{1,128}|[A-Za-z0-9._:-]{0,127}\*)$")
-"""A key of a ``rooms`` rule set: an exact room id, ``prefix*``, or ``*`` alone."""
-
-ROLE_RANK: Final[Mapping[Role, int]] = MappingProxyType({"read": 0, "write": 1, "admin": 2})
-"""Roles in increasing order of power: ``read`` < ``write`` < ``admin``."""
-
-PERSONAL_ROOM_PREFIX: Final = "user:"
-"""Room ids starting with this are reserved for personal rooms (``user:<sub>``)."""
 
 NBF_LEEWAY_S: Final = 30.0
 """Clock skew tolerated for a token's ``nbf`` (not before) claim, in seconds."""
@@ -81,8 +50,6 @@ NBF_LEEWAY_S: Final = 30.0
 _ANON_NAME_PREFIX: Final = "Anonymous"
 _HS: Final = "HS256"
 _PUBLIC_ALGS: Final = frozenset({"RS256", "ES256"})
-_TTL_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
-_TTL_UNITS: Final[Mapping[str, float]] = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class _HS256(HMACAlgorithm):
@@ -122,11 +89,6 @@ class Identity:
 
 def _invalid(message: str) -> CollabError:
     return CollabError(ErrorCode.INVALID_TOKEN, message)
-
-
-def _short(value: object, limit: int = 64) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _load_public_key(spec: str) -> tuple[rsa.RSAPublicKey | ec.EllipticCurvePublicKey, str]:
@@ -178,8 +140,8 @@ def _validate_rooms_claim(value: object) -> Mapping[str, Role]:
             raise _invalid("token 'rooms' claim has an empty room key")
         if role not in ROLES:
             raise _invalid(
-                f"token 'rooms' claim: role for {_short(key)} must be one of "
-                f"{', '.join(ROLES)}, not {_short(role)}"
+                f"token 'rooms' claim: role for {short_repr(key)} must be one of "
+                f"{', '.join(ROLES)}, not {short_repr(role)}"
             )
         out[key] = cast(Role, role)
     return MappingProxyType(out)
@@ -285,7 +247,7 @@ class Authenticator:
         key = self._keys.get(alg)
         if key is None:
             accepted = ", ".join(sorted(self._keys)) or "none: the server has no key"
-            raise _invalid(f"token algorithm {_short(alg, 20)} is not accepted ({accepted})")
+            raise _invalid(f"token algorithm {short_repr(alg, 20)} is not accepted ({accepted})")
         try:
             raw = _JWS.decode(token, key, algorithms=[alg])
         except PyJWTError as exc:
@@ -379,125 +341,3 @@ def mint_token(
         claims["rooms"] = checked
     payload = json.dumps(claims, separators=(",", ":")).encode("utf-8")
     return _JWS.encode(payload, secret, algorithm=_HS, headers={"typ": "JWT"})
-
-
-def parse_room_grant(spec: str) -> tuple[str, Role]:
-    """Parse ``"<room or prefix*>=<role>"`` (e.g. ``"doc:*=write"`` -> ``("doc:*", "write")``).
-
-    Whitespace around both parts is ignored and the role is case-insensitive.
-    Raises :class:`ValueError` with a message naming the problem when there is no
-    ``=``, the room part is not a room id / ``prefix*`` / ``*``, or the role is not
-    read/write/admin.
-    """
-    room, sep, role = spec.rpartition("=")
-    if not sep:
-        raise ValueError(f"bad room grant {spec!r}: expected ROOM=ROLE, e.g. 'doc:*=write'")
-    room = room.strip()
-    role = role.strip().lower()
-    if not ROOM_PATTERN_RE.fullmatch(room):
-        raise ValueError(
-            f"bad room grant {spec!r}: {room!r} is not a room id (1-128 chars of "
-            "A-Z a-z 0-9 . _ : -), a 'prefix*' pattern or '*'"
-        )
-    if role not in ROLES:
-        raise ValueError(f"bad room grant {spec!r}: role must be one of {', '.join(ROLES)}")
-    return room, role
-
-
-def parse_ttl(spec: str) -> float:
-    """Parse a duration into seconds: ``"90"``, ``"30s"``, ``"15m"``, ``"1h"``, ``"7d"``.
-
-    Decimals are allowed (``"1.5h"``), units are case-insensitive. Raises
-    :class:`ValueError` for anything else, including zero.
-    """
-    m = _TTL_RE.fullmatch(spec)
-    if m is None:
-        raise ValueError(
-            f"bad duration {spec!r}: expected a number of seconds or a number with "
-            "unit s, m, h or d (e.g. 90, 30s, 15m, 1h, 7d)"
-        )
-    seconds = float(m.group(1)) * _TTL_UNITS[m.group(2).lower()]
-    if seconds <= 0:
-        raise ValueError(f"bad duration {spec!r}: must be positive")
-    return seconds
-
-
-def check_room_id(room: object) -> str:
-    """Return ``room`` if it is a valid room id (see :data:`ROOM_ID_RE`).
-
-    Raises ``CollabError(INVALID_ROOM)`` when it is not a string, or is empty, longer
-    than 128 characters, or contains a character outside ``[A-Za-z0-9._:-]``.
-    """
-    if not isinstance(room, str):
-        raise CollabError(
-            ErrorCode.INVALID_ROOM, f"room id must be a string, not {type(room).__name__}"
-        )
-    if ROOM_ID_RE.fullmatch(room) is None:
-        raise CollabError(
-            ErrorCode.INVALID_ROOM,
-            f"invalid room id {_short(room)}: use 1 to 128 characters of A-Z a-z 0-9 . _ : -",
-        )
-    return room
-
-
-def match_role(rules: Mapping[str, Role], room: str) -> Role | None:
-    """The role ``rules`` give ``room``, or ``None`` when no rule matches.
-
-    An exact key wins; otherwise the longest matching ``prefix*`` key (``*`` alone is
-    the empty prefix, so it matches every room but loses to any longer prefix).
-    """
-    exact = rules.get(room)
-    if exact is not None:
-        return exact
-    best: Role | None = None
-    best_len = -1
-    for key, role in rules.items():
-        if key.endswith("*"):
-            prefix = key[:-1]
-            if len(prefix) > best_len and room.startswith(prefix):
-                best, best_len = role, len(prefix)
-    return best
-
-
-def resolve_role(
-    identity: Identity,
-    room: str,
-    *,
-    grants: Mapping[str, Role] | None,
-    default: Role,
-) -> Role:
-    """The role of ``identity`` in ``room``.
-
-    The token's ``rooms`` claim decides first (:func:`match_role`), then ``grants``
-    (the stored grants for this user, same matching), then ``default``.
-    """
-    role = match_role(identity.rooms, room)
-    if role is None and grants:
-        role = match_role(grants, room)
-    return default if role is None else role
-
-
-def role_at_least(role: Role, needed: Role) -> bool:
-    """True when ``role`` is ``needed`` or more powerful (read < write < admin)."""
-    return ROLE_RANK[role] >= ROLE_RANK[needed]
-
-
-def personal_room(user_id: str) -> str:
-    """The personal room of a user: ``"user:<user_id>"``.
-
-    Every connection is put in it. Note it may not pass :func:`check_room_id` when the
-    user id contains other characters (e.g. ``auth0|123``); it is server-assigned.
-    """
-    return PERSONAL_ROOM_PREFIX + user_id
-
-
-def check_join_allowed(identity: Identity, room: str) -> None:
-    """Raise ``CollabError(FORBIDDEN)`` when ``room`` is another user's personal room.
-
-    Room ids starting with ``user:`` are reserved; only ``user:<own sub>`` may be
-    joined. Any other room passes (room-id validity is :func:`check_room_id`'s job).
-    """
-    if room.startswith(PERSONAL_ROOM_PREFIX) and room != personal_room(identity.user_id):
-        raise CollabError(
-            ErrorCode.FORBIDDEN, "rooms starting with 'user:' are other users' personal rooms"
-        )
