@@ -62,6 +62,11 @@ class Config:
         "A WebSocket that has not completed a Socket.IO CONNECT within this is closed.",
         group="transport",
     )
+    http_keep_alive_s: float = _f(
+        5.0,
+        "Seconds an idle HTTP/1.1 keep-alive connection waits for its next request.",
+        group="transport",
+    )
     ping_interval_ms: int = _f(25000, "Engine.IO pingInterval.", group="transport")
     ping_timeout_ms: int = _f(
         20000, "Engine.IO pingTimeout: no pong within it disconnects.", group="transport"
@@ -173,8 +178,8 @@ class Config:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if self.connect_timeout_s <= 0:
-            raise ValueError("connect_timeout_s must be positive")
+        if self.connect_timeout_s <= 0 or self.http_keep_alive_s <= 0:
+            raise ValueError("connect_timeout_s and http_keep_alive_s must be positive")
         if self.rate_limit_per_s <= 0 or self.room_idle_s < 0 or self.max_attachments < 0:
             raise ValueError("rate_limit_per_s must be positive, room_idle_s and "
                              "max_attachments not negative")

@@ -203,7 +203,8 @@ class Server:
 
     async def _serve_stream(self, stream: trio.abc.Stream) -> None:
         assert self._router is not None
-        await serve_stream(stream, self._router, max_body_bytes=self.config.max_payload)
+        await serve_stream(stream, self._router, max_body_bytes=self.config.max_payload,
+                           keep_alive_s=self.config.http_keep_alive_s)
 
     def connect_stream(self, stream: trio.abc.Stream) -> None:
         """Serve a client on an already-open stream (e.g. one end of a memory pair)."""

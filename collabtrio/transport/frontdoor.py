@@ -9,10 +9,12 @@ connection: the handler gets the stream and the bytes of the upgrade request (it
 and whatever the client sent right after it), which the WebSocket layer feeds to
 wsproto.
 
-Limits: a request head must be complete within :data:`HEAD_TIMEOUT_S` (an idle
-keep-alive connection waits at most :data:`KEEP_ALIVE_S` for the next one) and is at
-most :data:`MAX_HEAD_BYTES`; a body must arrive within :data:`BODY_TIMEOUT_S` and be at
-most ``max_body_bytes`` (else 413 and the connection is closed).
+Limits: a request head must be complete within :data:`HEAD_TIMEOUT_S` of its start
+(for the first request, of the connection's start; an idle keep-alive connection waits
+at most ``keep_alive_s`` for the next request to start, 5 s by default as in Node's
+HTTP server) and is at most :data:`MAX_HEAD_BYTES` (431); a body must arrive within
+:data:`BODY_TIMEOUT_S` and be at most ``max_body_bytes`` (else 413, at once when its
+``Content-Length`` says so, and the connection is closed).
 
 Every HTTP response is written by :func:`send_response`.
 """
@@ -33,8 +35,6 @@ log = logging.getLogger(__name__)
 
 HEAD_TIMEOUT_S = 10.0
 """Seconds a request head may take to arrive, once it has started (or for the first)."""
-KEEP_ALIVE_S = 65.0
-"""Seconds an idle keep-alive connection waits for its next request."""
 BODY_TIMEOUT_S = 10.0
 """Seconds a request body may take to arrive."""
 MAX_HEAD_BYTES = 16 * 1024
@@ -188,9 +188,15 @@ async def _read_body(stream: trio.abc.Stream, conn: h11.Connection, max_bytes: i
             return None
 
 
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
 def _encode_raw(resp: HttpResponse) -> bytes:
-    reason = HTTPStatus(resp.status).phrase if resp.status in HTTPStatus._value2member_map_ else ""
-    head = [f"HTTP/1.1 {resp.status} {reason}", f"content-type: {resp.content_type}",
+    head = [f"HTTP/1.1 {resp.status} {_reason(resp.status)}", f"content-type: {resp.content_type}",
             f"content-length: {len(resp.body)}", "connection: close",
             *(f"{name}: {value}" for name, value in resp.headers)]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body
@@ -210,7 +216,8 @@ async def send_response(
                *resp.headers]
     if close:
         headers.append(("connection", "close"))
-    out = conn.send(h11.Response(status_code=resp.status, headers=headers)) or b""
+    out = conn.send(h11.Response(status_code=resp.status, headers=headers,
+                                 reason=_reason(resp.status))) or b""
     out += conn.send(h11.Data(data=resp.body)) or b""
     out += conn.send(h11.EndOfMessage()) or b""
     await stream.send_all(out)
@@ -225,42 +232,22 @@ async def send_error(stream: trio.abc.Stream, status: int, message: str) -> None
         pass
 
 
-async def serve_stream(stream: trio.abc.Stream, router: Router, *, max_body_bytes: int) -> None:
+async def serve_stream(
+    stream: trio.abc.Stream, router: Router, *, max_body_bytes: int, keep_alive_s: float = 5.0
+) -> None:
     """Serve one accepted stream until it is done; never raises (except Cancelled).
 
     Resource handling: the stream is closed when this returns, whatever happened, except
     that a WebSocket handler owns it (and closes it) once the upgrade was handed over.
     """
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-    remote = remote_of(stream)
-    timeout = HEAD_TIMEOUT_S
     try:
-        while True:
-            try:
-                with trio.fail_after(timeout):
-                    event = await _next_event(stream, conn)
-            except h11.RemoteProtocolError as exc:
-                # h11 knows which status fits (400, 413, 431)
-                await send_response(stream, HttpResponse(exc.error_status_hint or 400,
-                                                         b"bad request\n"))
-                return
-            if not isinstance(event, h11.Request):
-                return  # closed by the peer, or it took too long
-            request = _request_of(event, remote)
-            if request.is_websocket_upgrade:
-                handler = router.find_websocket(request.path)
-                if handler is None:
-                    await send_error(stream, 404, "not found")
-                    return
-                # the session lasts as long as the client: keep nothing of the parser
-                raw = _head_bytes(event) + conn.trailing_data[0]
-                del conn
-                await handler(stream, request, raw)
-                return
-            if not await _serve_request(stream, conn, router, request, max_body_bytes):
-                return
-            conn.start_next_cycle()
-            timeout = KEEP_ALIVE_S
+        upgrade = await _serve_http(stream, router, max_body_bytes, keep_alive_s)
+        if upgrade is not None:
+            # the HTTP parser and its events are gone with _serve_http's frame: a
+            # session that lasts as long as its client keeps nothing of them
+            handler, request, raw = upgrade
+            del upgrade
+            await handler(stream, request, raw)
     except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
         pass
     except Exception:
@@ -270,13 +257,66 @@ async def serve_stream(stream: trio.abc.Stream, router: Router, *, max_body_byte
             await stream.aclose()
 
 
+async def _serve_http(
+    stream: trio.abc.Stream, router: Router, max_body_bytes: int, keep_alive_s: float
+) -> tuple[WebSocketHandler, HttpRequest, bytes] | None:
+    """Answer requests until the connection is done, or return a WebSocket upgrade
+    (its handler, request and raw bytes) to hand the stream to."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+    remote = remote_of(stream)
+    first_request = True
+    while True:
+        try:
+            if not first_request and not conn.trailing_data[0]:
+                # idle between requests: wait for the next one to start
+                data = b""
+                with trio.move_on_after(keep_alive_s):
+                    data = await stream.receive_some(65536)
+                if not data:
+                    return None  # idle too long, or closed by the peer
+                conn.receive_data(bytes(data))
+            with trio.fail_after(HEAD_TIMEOUT_S):
+                event = await _next_event(stream, conn)
+            if isinstance(event, h11.Request) and _head_size(event) > MAX_HEAD_BYTES:
+                raise h11.RemoteProtocolError("request head too large", 431)
+        except h11.RemoteProtocolError as exc:
+            # h11 knows which status fits (400, 413, 431)
+            await send_response(stream, HttpResponse(exc.error_status_hint or 400,
+                                                     b"bad request\n"))
+            return None
+        if not isinstance(event, h11.Request):
+            return None  # closed by the peer
+        request = _request_of(event, remote)
+        if request.is_websocket_upgrade:
+            handler = router.find_websocket(request.path)
+            if handler is None:
+                await send_error(stream, 404, "not found")
+                return None
+            return handler, request, _head_bytes(event) + conn.trailing_data[0]
+        if not await _serve_request(stream, conn, router, request, max_body_bytes):
+            return None
+        conn.start_next_cycle()
+        first_request = False
+
+
+def _head_size(event: h11.Request) -> int:
+    # h11 bounds only a head still incomplete; one that arrived whole is measured here
+    return len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers) + 16
+
+
 async def _serve_request(stream: trio.abc.Stream, conn: h11.Connection, router: Router,
                          request: HttpRequest, max_body_bytes: int) -> bool:
     """Answer one request; True if the connection may carry another."""
+    limit = max_body_bytes if request.method in _BODY_METHODS else 0
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        # refused before reading it: the client said how big it is
+        await send_response(stream, HttpResponse(413, b"request body too large\n"), conn,
+                            close=True)
+        return False
     body: bytes | None = None  # stays None if the body takes too long
     with trio.move_on_after(BODY_TIMEOUT_S):
-        body = await _read_body(stream, conn, max_body_bytes if request.method in _BODY_METHODS
-                                else 0)
+        body = await _read_body(stream, conn, limit)
     if body is None:
         await send_response(stream, HttpResponse(413, b"request body too large\n"), conn,
                             close=True)

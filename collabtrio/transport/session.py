@@ -381,6 +381,7 @@ class SocketIOSession:
             return  # a namespace this socket is not connected to: nothing to end
         self.namespace = None
         namespace.on_close()
+        self.sid = new_sid()  # a later CONNECT is a new socket, as in the reference server
         self._start_connect_timer()
 
     async def _on_event_packet(self, packet: socketio.Packet, size: int) -> None:

@@ -35,7 +35,9 @@ def _server_sockets(port: int) -> list[object]:
 
 async def _http_get(port: int, path: str) -> bytes:
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+        # read to the end: ask the server to close after answering (HTTP/1.1 keeps alive)
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+                              .encode())
         data = b""
         while chunk := await stream.receive_some():
             data += chunk

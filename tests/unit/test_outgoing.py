@@ -1,0 +1,98 @@
+"""``Outgoing``: one message, encoded once per transport, the same bytes for everyone.
+
+Checked against the codecs the clients' side uses: the WebSocket frames decode (with
+wsproto, as a client) to the Engine.IO packets, and the long-polling records join into
+a payload that :func:`collabtrio.protocol.engineio.decode_payload` reads back.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import wsproto
+import wsproto.connection
+import wsproto.events
+
+from collabtrio.protocol import engineio, socketio
+from collabtrio.protocol.outgoing import Outgoing
+
+
+def _client_messages(frames: bytes) -> list[str | bytes]:
+    """What a WebSocket client reads from server frames."""
+    conn = wsproto.connection.Connection(wsproto.ConnectionType.CLIENT)  # framing only
+    conn.receive_data(frames)
+    out: list[str | bytes] = []
+    for event in conn.events():
+        if isinstance(event, wsproto.events.TextMessage):
+            out.append(event.data)
+        elif isinstance(event, wsproto.events.BytesMessage):
+            out.append(bytes(event.data))
+    return out
+
+
+def test_text_event_is_one_text_frame() -> None:
+    out = Outgoing.event("op", {"room": "r", "seq": 3, "text": "héllo"})
+    assert out.packet == '42["op",{"room":"r","seq":3,"text":"héllo"}]'
+    assert out.attachments == ()
+    assert _client_messages(out.ws_frames()) == [out.packet]
+
+
+def test_binary_event_becomes_binary_event_with_attachments_in_order() -> None:
+    out = Outgoing.event("yjs-update", {"room": "r", "a": b"\x00\x01", "b": [b"\xff"]})
+    header, *rest = _client_messages(out.ws_frames())
+    assert isinstance(header, str)
+    decoder = socketio.Decoder()
+    assert decoder.feed(header[1:]) is None
+    packet = None
+    for part in rest:
+        packet = decoder.feed(part)
+    assert packet is not None
+    assert packet.type is socketio.PacketType.BINARY_EVENT
+    assert packet.data == ["yjs-update", {"room": "r", "a": b"\x00\x01", "b": [b"\xff"]}]
+
+
+@pytest.mark.parametrize("payload", [{"ok": True, "seq": 1}, {"ok": True, "update": b"\x02"}])
+def test_ack_answers_its_id(payload: dict[str, object]) -> None:
+    out = Outgoing.ack(17, payload)
+    header, *attachments = _client_messages(out.ws_frames())
+    assert isinstance(header, str)
+    decoder = socketio.Decoder()
+    packet = decoder.feed(header[1:])
+    for part in attachments:
+        packet = decoder.feed(part)
+    assert packet is not None and packet.id == 17
+    assert packet.type in (socketio.PacketType.ACK, socketio.PacketType.BINARY_ACK)
+    assert packet.data == [payload]
+
+
+def test_encodings_are_computed_once_and_shared() -> None:
+    out = Outgoing.event("presence", {"room": "r", "users": []})
+    assert out.ws_frames() is out.ws_frames()
+    assert out.polling_records() is out.polling_records()
+
+
+def test_polling_records_make_a_payload_the_codec_reads_back() -> None:
+    text = Outgoing.event("chat", {"text": "hi"})
+    binary = Outgoing.event("yjs-update", {"update": b"\x00\x1e\xff"})
+    ping = Outgoing.engineio(engineio.PING_FRAME)
+    body = engineio.RECORD_SEPARATOR.join(
+        r for out in (text, binary, ping) for r in out.polling_records())
+    packets = engineio.decode_payload(body)
+    assert [p.type for p in packets] == [engineio.PacketType.MESSAGE] * 3 + [
+        engineio.PacketType.PING]
+    assert packets[0].data == text.packet[1:]
+    assert json.loads(str(packets[1].data)[3:])[1] == {"update": {"_placeholder": True,
+                                                                  "num": 0}}
+    assert packets[2].data == b"\x00\x1e\xff"
+
+
+def test_socketio_and_engineio_packets_as_given() -> None:
+    assert Outgoing.socketio('0{"sid":"x"}').packet == '40{"sid":"x"}'
+    assert _client_messages(Outgoing.socketio("1").ws_frames()) == ["41"]
+    assert _client_messages(Outgoing.engineio("6").ws_frames()) == ["6"]
+
+
+def test_non_json_payload_is_refused() -> None:
+    with pytest.raises(TypeError):
+        Outgoing.event("op", {"when": object()})
