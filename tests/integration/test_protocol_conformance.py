@@ -576,7 +576,8 @@ async def test_disconnect_ends_namespace_keeps_engineio_session(
             assert presence["connections"] == 1  # left the room: no ghost
 
             second_sid = (await sock.connect())["sid"]
-            assert second_sid and second_sid != first_sid  # a new socket, a new id
+            assert second_sid
+            assert second_sid != first_sid  # a new socket, a new id
             await sock.send('422["join",{"room":"r"}]')
             assert ack(await sock.recv_packet(), 2)[0]["ok"] is True
             assert len(server.server.connections) == 2

@@ -61,7 +61,8 @@ def test_ack_answers_its_id(payload: dict[str, object]) -> None:
     packet = decoder.feed(header[1:])
     for part in attachments:
         packet = decoder.feed(part)
-    assert packet is not None and packet.id == 17
+    assert packet is not None
+    assert packet.id == 17
     assert packet.type in (socketio.PacketType.ACK, socketio.PacketType.BINARY_ACK)
     assert packet.data == [payload]
 
