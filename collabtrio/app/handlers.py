@@ -19,8 +19,8 @@ from ..errors import CollabError, ErrorCode
 from ..protocol import messages
 from ..protocol.ids import check_room_id
 from ..rooms.commands import ChatCmd, Command, FieldCmd, Join, Leave, OpCmd, Relay
-from ..rooms.keeper import chat_wire
 from ..rooms.mailbox import MailboxClosed
+from ..rooms.planning import chat_wire
 from ..rooms.room import Room
 from ..storage.base import ChatMessage
 from ..storage.errors import map_storage_errors

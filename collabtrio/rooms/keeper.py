@@ -4,12 +4,13 @@ first, then broadcast with the room's next seq and confirmed.
 Theory of operation: the keeper is a room component (see ``room.py``). Its task loads
 the room's document before the room serves anything. The room task checks membership
 and roles and hands document commands to the keeper (:meth:`DocumentKeeper.handle`):
-a ``move`` is relayed to the others at once, and the rest is queued. The keeper's task takes every
-command waiting, plans the operations against an overlay of the committed document
-(refusals are answered at once and take no seq), adds field writes to the debouncer,
-and, when a field deadline has passed, takes every pending field too. Everything
-planned becomes one :class:`~collabtrio.storage.base.RoomChanges`, committed through
-the server's group-commit queue. Only after the commit does the keeper install the
+a ``move`` is relayed to the others at once, and the rest is queued. The keeper's task
+takes every command waiting and plans them into one
+:class:`~collabtrio.rooms.planning.Batch` (refusals are answered at once and take no
+seq), adds field writes to the debouncer, and, when a field deadline has passed, takes
+every pending field too. The batch becomes one
+:class:`~collabtrio.storage.base.RoomChanges`, committed through the server's
+group-commit queue, which compares and sets the room's seq. Only after the commit does the keeper install the
 new state, broadcast the events and confirm each operation; if the commit fails,
 nothing is installed, every operation of the batch fails with ``STORAGE_UNAVAILABLE``
 (retryable) and the seq does not move. Commands that arrive while a commit is running
@@ -39,15 +40,15 @@ from ..storage.base import (
     ChatMessage,
     HistoryEntry,
     OperationRecord,
-    RoomChanges,
     RoomSnapshot,
     StorageError,
 )
 from ..storage.errors import storage_unavailable
 from .commands import ChatCmd, Command, FieldCmd, OpCmd
-from .debounce import FieldDebouncer, FieldWaiter, PendingField
-from .document import Document, Overlay, plan_field, plan_op, plan_replace
+from .debounce import FieldDebouncer
+from .document import Document
 from .peer import Peer
+from .planning import Batch, chat_wire
 from .presence import Member
 from .room import Room
 
@@ -62,39 +63,6 @@ _UNAVAILABLE = storage_unavailable(
     "storage is unavailable; the operation may not have been applied: retry it "
     "with the same operationId (clientId for chat)"
 )
-
-
-def _identity(conn: Peer) -> tuple[str, str]:
-    ident = conn.identity
-    return ident.user_id, ident.name
-
-
-def chat_wire(room: str, message: ChatMessage) -> dict[str, Any]:
-    """A stored chat message as clients see it (join ack and ``chat-history``)."""
-    return {
-        "room": room,
-        "seq": message.seq,
-        "userId": message.user_id,
-        "userName": message.user_name,
-        "text": message.text,
-        "clientId": message.client_id,
-        "createdAt": message.created_at,
-    }
-
-
-class _Batch:
-    """What one commit carries, and what to do once it has committed."""
-
-    def __init__(self, keeper: DocumentKeeper) -> None:
-        self.overlay = Overlay(keeper.doc)
-        self.base_seq = keeper.seq  # what storage must still hold: compare-and-set
-        self.seq = keeper.seq
-        self.history: list[HistoryEntry] = []
-        self.operations: dict[str, OperationRecord] = {}
-        self.chat: list[ChatMessage] = []
-        self.deliveries: list[Callable[[], None]] = []
-        self.failures: list[Callable[[CollabError], None]] = []
-        self.late_answers: dict[str, list[tuple[Peer, int | None]]] = {}
 
 
 class DocumentKeeper:
@@ -277,17 +245,7 @@ class DocumentKeeper:
             batch = self._plan(final=final)
             if not batch.history:
                 return
-            changes = RoomChanges(
-                room=self.room_id,
-                seq=batch.seq,
-                base_seq=batch.base_seq,
-                history_limit=self.config.history_limit,
-                entities=batch.overlay.writes,
-                replace_all=batch.overlay.replace_all,
-                history=batch.history,
-                operations=list(batch.operations.values()),
-                chat=batch.chat,
-            )
+            changes = batch.changes(self.config.history_limit)
             # once handed to the writer the transaction will finish: wait for its outcome
             # even if this room is being cancelled, or state and storage would disagree
             with trio.CancelScope(shield=True):
@@ -334,8 +292,9 @@ class DocumentKeeper:
 
     # -- planning (synchronous) ----------------------------------------------------------
 
-    def _plan(self, *, final: bool) -> _Batch:
-        batch = _Batch(self)
+    def _plan(self, *, final: bool) -> Batch:
+        batch = Batch(self.doc, self.seq, self.operations, self.debouncer, self.room_id,
+                      self.wall_clock, self._broadcast)
         limit = self.config.max_ops_per_commit
         commands, self._inbox = self._inbox[:limit], self._inbox[limit:]
         self._space.unpark_all()
@@ -343,231 +302,23 @@ class DocumentKeeper:
         for cmd in commands:
             try:
                 if isinstance(cmd, OpCmd):
-                    self._plan_op(batch, cmd)
+                    batch.plan_op(cmd)
                 elif isinstance(cmd, FieldCmd):
-                    self._add_field(batch, cmd, now)
+                    batch.add_field(cmd, now)
                 else:
-                    self._plan_chat(batch, cmd)
+                    batch.plan_chat(cmd)
             except Exception:
                 # a bug or an input nobody foresaw costs this command, not the room
                 log.exception("room %s: planning %s failed", self.room_id, type(cmd).__name__)
                 cmd.refuse(_INTERNAL)
         if self.debouncer.pending and (final or now >= self.debouncer.next_deadline()):
             for entry in self.debouncer.take_all():
-                self._plan_field_safely(batch, entry)
+                batch.plan_field_safely(entry)
         return batch
-
-    def _plan_field_safely(self, batch: _Batch, entry: PendingField) -> None:
-        try:
-            self._plan_field(batch, entry)
-        except Exception:
-            log.exception("room %s: planning a field write failed", self.room_id)
-            for w in entry.waiters:
-                w.conn.reply_error(w.ack_id, _INTERNAL, "field", w.operation_id)
-
-    def _previous_result(self, operation_id: str) -> OperationRecord | None:
-        return self.operations.get(operation_id)
-
-    def _answer_repeat(
-        self, batch: _Batch, operation_id: str, conn: Peer, ack_id: int | None
-    ) -> bool:
-        """A repeated operation id gets the first result, never a second application."""
-        record = self._previous_result(operation_id)
-        if record is not None:
-            conn.confirm(ack_id, record.result)
-            return True
-        if operation_id in batch.operations or operation_id in batch.late_answers:
-            batch.late_answers.setdefault(operation_id, []).append((conn, ack_id))
-            return True
-        return False
-
-    def _next_seq(self, batch: _Batch) -> int:
-        batch.seq += 1
-        return batch.seq
-
-    def _plan_op(self, batch: _Batch, cmd: OpCmd) -> None:
-        msg, conn = cmd.msg, cmd.conn
-        op_id = msg.operation_id
-        if self._answer_repeat(batch, op_id, conn, cmd.ack_id):
-            return
-        # field writes that arrived before this operation are applied before it
-        if self.debouncer.pending:
-            if msg.op == "replace":
-                settled = self.debouncer.take_all()
-            else:
-                settled = self.debouncer.take_entity(msg.collection, msg.id)
-            for entry in settled:
-                self._plan_field_safely(batch, entry)
-        try:
-            if msg.op == "replace":
-                if msg.collection != "*" or msg.id != "*":
-                    raise CollabError(ErrorCode.VALIDATION,
-                                      "replace: collection and id must be '*'")
-                plan_replace(batch.overlay, msg.data)
-            else:
-                plan_op(batch.overlay, msg.op, msg.collection, msg.id, msg.data)
-        except CollabError as err:
-            conn.reply_error(cmd.ack_id, err, "op", op_id)
-            return
-        seq = self._next_seq(batch)
-        now_ms = int(self.wall_clock() * 1000)
-        user_id, user_name = _identity(conn)
-        payload = {
-            "room": self.room_id,
-            "seq": seq,
-            "userId": user_id,
-            "userName": user_name,
-            "socketId": conn.sid,
-            "operationId": op_id,
-            "op": msg.op,
-            "collection": msg.collection,
-            "id": msg.id,
-            "data": msg.data,
-            "timestamp": msg.timestamp,
-            "serverTimestamp": now_ms,
-        }
-        result = {"ok": True, "operationId": op_id, "seq": seq, "serverTimestamp": now_ms}
-        self._record(batch, "op", payload, OperationRecord(op_id, seq, result))
-        ack_id = cmd.ack_id
-
-        def deliver() -> None:
-            self._broadcast("op", payload, exclude=conn)
-            conn.confirm(ack_id, result)
-            for other, other_ack in batch.late_answers.get(op_id, ()):
-                other.confirm(other_ack, result)
-
-        def fail(err: CollabError) -> None:
-            conn.reply_error(ack_id, err, "op", op_id)
-            for other, other_ack in batch.late_answers.get(op_id, ()):
-                other.reply_error(other_ack, err, "op", op_id)
-
-        batch.deliveries.append(deliver)
-        batch.failures.append(fail)
-
-    def _add_field(self, batch: _Batch, cmd: FieldCmd, now: float) -> None:
-        msg, conn = cmd.msg, cmd.conn
-        op_id = msg.operation_id
-        if self._answer_repeat(batch, op_id, conn, cmd.ack_id):
-            return
-        pending = self.debouncer.by_operation.get(op_id)
-        if pending is not None:
-            # a retry of a write still waiting: one more confirmation, same write
-            pending.waiters.append(FieldWaiter(conn, op_id, cmd.ack_id))
-            return
-        key = (msg.collection, msg.id, tuple(msg.path))
-        self.debouncer.add(key, msg.value, FieldWaiter(conn, op_id, cmd.ack_id),
-                           msg.timestamp, now)
-
-    def _plan_field(self, batch: _Batch, entry: PendingField) -> None:
-        collection, entity_id, path = entry.key
-        try:
-            plan_field(batch.overlay, collection, entity_id, list(path), entry.value)
-        except CollabError as err:
-            for w in entry.waiters:
-                w.conn.reply_error(w.ack_id, err, "field", w.operation_id)
-            return
-        seq = self._next_seq(batch)
-        now_ms = int(self.wall_clock() * 1000)
-        writer: Peer = entry.conn
-        user_id, user_name = _identity(writer)
-        payload = {
-            "room": self.room_id,
-            "seq": seq,
-            "userId": user_id,
-            "userName": user_name,
-            "socketId": writer.sid,
-            "operationId": entry.operation_id,
-            "collection": collection,
-            "id": entity_id,
-            "path": list(path),
-            "value": entry.value,
-            "timestamp": entry.timestamp,
-            "serverTimestamp": now_ms,
-        }
-        results: list[tuple[FieldWaiter, dict[str, Any]]] = []
-        seen: set[str] = set()
-        for w in entry.waiters:
-            result = {"ok": True, "operationId": w.operation_id, "seq": seq,
-                      "serverTimestamp": now_ms}
-            results.append((w, result))
-            if w.operation_id not in seen:
-                seen.add(w.operation_id)
-                batch.operations[w.operation_id] = OperationRecord(w.operation_id, seq, result)
-        batch.history.append(HistoryEntry(seq, "field", payload, now_ms / 1000))
-
-        def deliver() -> None:
-            # everyone but the sender of the winning value; a member whose own earlier
-            # value lost gets the winner too
-            self._broadcast("field", payload, exclude=writer)
-            for w, result in results:
-                w.conn.confirm(w.ack_id, result)
-            for op_id in seen:  # retries that arrived after the write was planned
-                first = batch.operations[op_id].result
-                for other, other_ack in batch.late_answers.get(op_id, ()):
-                    other.confirm(other_ack, first)
-
-        def fail(err: CollabError) -> None:
-            for w in entry.waiters:
-                w.conn.reply_error(w.ack_id, err, "field", w.operation_id)
-            for op_id in seen:
-                for other, other_ack in batch.late_answers.get(op_id, ()):
-                    other.reply_error(other_ack, err, "field", op_id)
-
-        batch.deliveries.append(deliver)
-        batch.failures.append(fail)
-
-    def _plan_chat(self, batch: _Batch, cmd: ChatCmd) -> None:
-        msg, conn = cmd.msg, cmd.conn
-        # a clientId makes a chat message idempotent like an operationId
-        key = f"chat:{_identity(conn)[0]}:{msg.client_id}" if msg.client_id else None
-        if key is not None:
-            record = self.operations.get(key)
-            if record is not None:  # a retry: the first answer, no second message
-                if cmd.ack_id is not None:
-                    conn.ack(cmd.ack_id, record.result)
-                return
-            if key in batch.operations or key in batch.late_answers:
-                batch.late_answers.setdefault(key, []).append((conn, cmd.ack_id))
-                return
-        seq = self._next_seq(batch)
-        created = self.wall_clock()
-        user_id, user_name = _identity(conn)
-        message = ChatMessage(seq, user_id, user_name, msg.text, msg.client_id, created)
-        payload = chat_wire(self.room_id, message)
-        payload["socketId"] = conn.sid
-        batch.chat.append(message)
-        batch.history.append(HistoryEntry(seq, "chat", payload, created))
-        ack_id = cmd.ack_id
-        result = {"ok": True, "seq": seq, "clientId": msg.client_id}
-        if key is not None:
-            batch.operations[key] = OperationRecord(key, seq, result)
-
-        def deliver() -> None:
-            self._broadcast("chat", payload, exclude=None)
-            if ack_id is not None:
-                conn.ack(ack_id, result)
-            for other, other_ack in batch.late_answers.get(key or "", ()):
-                if other_ack is not None:
-                    other.ack(other_ack, result)
-
-        def fail(err: CollabError) -> None:
-            conn.reply_error(ack_id, err, "chat")
-            for other, other_ack in batch.late_answers.get(key or "", ()):
-                other.reply_error(other_ack, err, "chat")
-
-        batch.deliveries.append(deliver)
-        batch.failures.append(fail)
-
-    def _record(
-        self, batch: _Batch, event: str, payload: dict[str, Any], record: OperationRecord
-    ) -> None:
-        batch.history.append(HistoryEntry(record.seq, event, payload,
-                                          payload["serverTimestamp"] / 1000))
-        batch.operations[record.operation_id] = record
 
     # -- after the commit (synchronous) --------------------------------------------------
 
-    def _install(self, batch: _Batch) -> None:
+    def _install(self, batch: Batch) -> None:
         self.doc.apply(batch.overlay.writes, replace_all=batch.overlay.replace_all)
         self.seq = batch.seq
         self.history.extend(batch.history)

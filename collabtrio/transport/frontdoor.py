@@ -269,7 +269,7 @@ async def _serve_http(
         try:
             if not first_request and not conn.trailing_data[0]:
                 # idle between requests: wait for the next one to start
-                data = b""
+                data: bytes | bytearray = b""
                 with trio.move_on_after(keep_alive_s):
                     data = await stream.receive_some(65536)
                 if not data:
