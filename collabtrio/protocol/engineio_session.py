@@ -1,5 +1,8 @@
 """The Engine.IO v4 session as a sans-IO state machine (both sides, for paired tests).
 
+One cohesive thing: the states, the one transition table and both sides' rules belong
+together, so the table can be read against the code in one place.
+
 Theory of operation
 -------------------
 An Engine.IO session outlives its transports: it opens on one (long-polling or

@@ -1,4 +1,4 @@
-"""Socket.IO v5 packet codec (sans-IO).
+"""Socket.IO v5 packet codec (sans-IO): one cohesive codec, encoder and decoder together.
 
 Theory of operation
 -------------------

@@ -10,8 +10,9 @@ takes every command waiting and plans them into one
 seq), adds field writes to the debouncer, and, when a field deadline has passed, takes
 every pending field too. The batch becomes one
 :class:`~collabtrio.storage.base.RoomChanges`, committed through the server's
-group-commit queue, which compares and sets the room's seq. Only after the commit does the keeper install the
-new state, broadcast the events and confirm each operation; if the commit fails,
+group-commit queue, which compares and sets the room's seq. Only after the commit
+does the keeper install the new state, broadcast the events and confirm each
+operation; if the commit fails,
 nothing is installed, every operation of the batch fails with ``STORAGE_UNAVAILABLE``
 (retryable) and the seq does not move. Commands that arrive while a commit is running
 form the next batch.

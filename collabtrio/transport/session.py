@@ -1,5 +1,7 @@
 """One client's transport session: Engine.IO v4 on a WebSocket, carrying Socket.IO ``/``.
 
+One cohesive thing: the session task and the state it reads, writes and times.
+
 Theory of operation: the session's own task reads WebSocket messages in batches,
 interprets each through the sans-IO
 :class:`~collabtrio.protocol.engineio_session.EngineSession` (pings, pongs, close,
