@@ -27,7 +27,8 @@ class AppContext:
 
     ``sessions`` is every live Socket.IO session (connected or still in its
     handshake), maintained by the transport; ``wall_clock`` gives wall-clock time in
-    unix seconds (stored timestamps, token expiry), while scheduling uses trio's clock.
+    unix seconds (stored timestamps, token expiry), while scheduling uses trio's clock;
+    ``connections_total`` counts the Socket.IO connections accepted so far (for stats).
     """
 
     config: Config

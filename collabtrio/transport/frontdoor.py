@@ -204,11 +204,11 @@ def _encode_raw(resp: HttpResponse) -> bytes:
 
 async def send_response(
     stream: trio.abc.Stream, resp: HttpResponse, conn: h11.Connection | None = None,
-    *, close: bool = False,
+    *, close: bool = False, head: bool = False,
 ) -> None:
     """Write ``resp``: within ``conn``'s request cycle (keep-alive unless ``close`` or the
     client asked to close), or, without a usable ``conn``, as a last answer before the
-    connection closes."""
+    connection closes. ``head``: the answer to a ``HEAD`` (headers only)."""
     if conn is None or conn.our_state is not h11.SEND_RESPONSE:
         await stream.send_all(_encode_raw(resp))
         return
@@ -218,7 +218,8 @@ async def send_response(
         headers.append(("connection", "close"))
     out = conn.send(h11.Response(status_code=resp.status, headers=headers,
                                  reason=_reason(resp.status))) or b""
-    out += conn.send(h11.Data(data=resp.body)) or b""
+    if not head:
+        out += conn.send(h11.Data(data=resp.body)) or b""
     out += conn.send(h11.EndOfMessage()) or b""
     await stream.send_all(out)
 
@@ -328,7 +329,7 @@ async def _serve_request(stream: trio.abc.Stream, conn: h11.Connection, router: 
         response = await handler(HttpRequest(request.method, request.target, request.path,
                                              request.query, request.headers, request.remote,
                                              body))
-    await send_response(stream, response, conn)
+    await send_response(stream, response, conn, head=request.method == "HEAD")
     return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
 

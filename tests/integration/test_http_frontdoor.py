@@ -122,6 +122,24 @@ async def test_two_requests_on_one_connection(autojump_clock: trio.testing.MockC
         await conn.aclose()
 
 
+async def test_head_gets_headers_only_and_the_connection_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``HEAD /healthz`` is answered with the headers of the GET (its length included)
+    and no body, and the next request on the connection is served."""
+    async with open_test_server(max_payload=MAX_PAYLOAD) as server:
+        conn = HttpConnection(server)
+        await conn.send(request("/healthz", "HEAD"))
+        head = await conn.response("HEAD")
+        assert head.status == 200
+        assert head.body == b""
+        assert head.headers["content-length"] == str(len(b'{"status": "ok"}'))
+        await conn.send(request("/healthz"))
+        response = await conn.response()
+        assert response.json() == {"status": "ok"}
+        await conn.aclose()
+
+
 async def test_pipelined_requests_are_answered_in_order(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
