@@ -67,6 +67,13 @@ class Config:
         "Seconds an idle HTTP/1.1 keep-alive connection waits for its next request.",
         group="transport",
     )
+    cors_origins: str | None = _f(
+        None,
+        "Comma-separated browser origins (https://app.example.com) allowed besides the "
+        "server's own, for long-polling (CORS) and WebSocket upgrades; * allows any "
+        "origin (unsafe when clients authenticate with cookies); unset: same origin only.",
+        group="transport",
+    )
     ping_interval_ms: int = _f(25000, "Engine.IO pingInterval.", group="transport")
     ping_timeout_ms: int = _f(
         20000, "Engine.IO pingTimeout: no pong within it disconnects.", group="transport"

@@ -1,19 +1,16 @@
 """The router's table: which path is served by what.
 
-- ``/socket.io/``: Socket.IO over WebSocket
-  (:func:`~collabtrio.transport.endpoint.serve_websocket`); plain HTTP there is
-  long-polling, which this version answers with 400 and a hint.
+- ``/socket.io/``: Socket.IO over long-polling and WebSocket
+  (:class:`~collabtrio.transport.endpoint.EngineEndpoint`).
 - ``/healthz``: 200 when storage answers, 503 with the reason when it does not.
 - anything else: 404 (the front door's default).
 """
 
 from __future__ import annotations
 
-import trio
-
 from ..app.connect import SocketIOEndpoint
 from ..app.context import AppContext
-from ..transport.endpoint import SOCKETIO_PATH, serve_websocket
+from ..transport.endpoint import SOCKETIO_PATH, EngineEndpoint
 from ..transport.frontdoor import HttpRequest, HttpResponse, Router
 
 __all__ = ["build_router"]
@@ -22,16 +19,7 @@ __all__ = ["build_router"]
 def build_router(ctx: AppContext) -> Router:
     """The routes of one server."""
     router = Router()
-    endpoint = SocketIOEndpoint(ctx)
-
-    async def socketio_websocket(stream: trio.abc.Stream, request: HttpRequest,
-                                 raw: bytes) -> None:
-        await serve_websocket(endpoint, stream, request, raw)
-
-    async def socketio_polling(request: HttpRequest) -> HttpResponse:
-        return HttpResponse.json(400, {
-            "code": 3, "message": "HTTP long-polling is not supported by this version; "
-            "connect with transports: ['websocket']"})
+    engine = EngineEndpoint(SocketIOEndpoint(ctx))
 
     async def healthz(request: HttpRequest) -> HttpResponse:
         if request.method not in ("GET", "HEAD"):
@@ -42,7 +30,7 @@ def build_router(ctx: AppContext) -> Router:
             return HttpResponse.json(503, {"status": "unavailable", "storage": str(exc)})
         return HttpResponse.json(200, {"status": "ok"})
 
-    router.websocket(SOCKETIO_PATH, socketio_websocket)
-    router.http(SOCKETIO_PATH, socketio_polling)
+    router.websocket(SOCKETIO_PATH, engine.websocket)
+    router.http(SOCKETIO_PATH, engine.http, long_poll=True)
     router.http("/healthz", healthz)
     return router

@@ -1,86 +1,255 @@
-"""The ``/socket.io/`` endpoint: which requests become sessions, and serving one.
+"""The ``/socket.io/`` endpoint: Engine.IO handshakes, long-polling requests, upgrades.
 
-Today a session is a WebSocket (``EIO=4&transport=websocket``, no ``sid``); the
-checks here are the ones Engine.IO's reference server makes before a handshake
-(protocol version, transport, capacity). Long-polling will add its requests here.
+Requests, as the Engine.IO v4 reference server answers them:
+
+- ``GET ?EIO=4&transport=polling``: a new long-polling session; the answer is its
+  ``open`` packet (``upgrades: ["websocket"]``).
+- ``GET ...&sid=<sid>``: a poll, held until the session has something to send (a
+  ping is due every ``pingInterval``). A second poll while one is waiting closes the
+  session (the waiting one gets the ``close`` packet, the second a 400); a poll whose
+  client goes away closes the session.
+- ``POST ...&sid=<sid>``: a payload of packets, answered ``ok`` once handled (bodies
+  past ``maxPayload`` get 413 from the front door); a malformed payload closes the
+  session (400). One ``POST`` at a time.
+- ``OPTIONS``: a CORS preflight.
+- a WebSocket upgrade without ``sid``: a new WebSocket session; with the ``sid`` of a
+  polling session: the WebSocket that session probes and upgrades to.
+
+Errors are HTTP 400/403/503 with Engine.IO's body ``{"code": N, "message": ...}``: 0
+unknown transport, 1 unknown session, 2 bad handshake method, 3 bad request, 4
+forbidden (an origin not allowed), 5 unsupported protocol version.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from typing import Final
 
 import trio
 
-from .frontdoor import HttpRequest, first, send_error
+from ..protocol import engineio
+from .cors import OriginPolicy
+from .frontdoor import HttpRequest, HttpResponse, first, send_error
 from .outbox import Outbox
+from .polling import PollQueue
 from .session import Application, SocketIOSession
 from .websocket import HandshakeError, ServerWebSocket
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SOCKETIO_PATH", "check_upgrade", "serve_websocket"]
+__all__ = ["SOCKETIO_PATH", "EngineEndpoint"]
 
 SOCKETIO_PATH = "/socket.io/"
 """Where Socket.IO clients connect (their default ``path``)."""
 
+UNKNOWN_TRANSPORT, UNKNOWN_SID, BAD_HANDSHAKE_METHOD, BAD_REQUEST, FORBIDDEN, BAD_VERSION = (
+    range(6))
 
-def check_upgrade(app: Application, request: HttpRequest) -> tuple[int, str] | None:
-    """Why a WebSocket upgrade to ``/socket.io/`` must be refused (status, message), if so."""
-    if first(request.query, "EIO") != "4":
-        return 400, "unsupported Engine.IO version (EIO=4 required)"
-    if first(request.query, "transport") != "websocket" or first(request.query, "sid"):
-        return 400, "only the websocket transport is supported"
-    if len(app.sessions) >= app.config.max_connections:
-        return 503, "server full"
-    return None
+_MESSAGES: Final = {
+    UNKNOWN_TRANSPORT: "Transport unknown",
+    UNKNOWN_SID: "Session ID unknown",
+    BAD_HANDSHAKE_METHOD: "Bad handshake method",
+    BAD_REQUEST: "Bad request",
+    FORBIDDEN: "Forbidden",
+    BAD_VERSION: "Unsupported protocol version",
+}
+_TEXT: Final = "text/plain; charset=UTF-8"
 
 
-async def serve_websocket(
-    app: Application, stream: trio.abc.Stream, request: HttpRequest, raw: bytes
-) -> None:
-    """Serve one Socket.IO WebSocket until it ends (the router's ``/socket.io/`` handler).
+class EngineError(Exception):
+    """A request the endpoint refuses: HTTP ``status`` with Engine.IO ``code``."""
 
-    Resource handling: the session's writer task runs beside it; when the session
-    ends, the writer gets a moment to flush the close frame. Error handling: a bad
-    handshake gets an HTTP error; an exception in the session is logged and ends this
-    session only.
-    """
-    cfg = app.config
-    ws = ServerWebSocket(stream, Outbox(cfg.outbox_max_bytes), max_message_size=cfg.max_payload)
-    try:
-        ws.start_handshake(raw)
-        del raw  # held by this frame for the whole session otherwise
-    except HandshakeError as exc:
-        await send_error(stream, 400, f"bad WebSocket handshake: {exc}")
-        return
-    problem = check_upgrade(app, request)
-    if problem is not None:
-        status, message = problem
-        await ws.reject(status, json.dumps({"code": 3, "message": message}).encode())
-        return
-    await ws.accept()
-    session = SocketIOSession(app, ws, headers=request.headers, query=request.query,
-                              remote=request.remote)
-    app.sessions.add(session)
-    writer_done = trio.Event()
+    def __init__(self, status: int, code: int, detail: str | None = None) -> None:
+        super().__init__(detail or _MESSAGES[code])
+        self.status = status
+        self.code = code
 
-    async def writer() -> None:
+    def body(self) -> bytes:
+        """Engine.IO's error body."""
+        return json.dumps({"code": self.code, "message": str(self)}).encode()
+
+
+class EngineEndpoint:
+    """Every Engine.IO session of one server, by ``sid`` (see the module docstring)."""
+
+    def __init__(self, app: Application) -> None:
+        self.app = app
+        self.origins = OriginPolicy(app.config.cors_origins or "")
+        self.by_sid: dict[str, SocketIOSession] = {}
+
+    # -- checks --------------------------------------------------------------------------
+
+    def _check(self, request: HttpRequest, transport: str | None) -> None:
+        if not self.origins.allows(request):
+            raise EngineError(403, FORBIDDEN, "origin not allowed (see --cors-origins)")
+        if first(request.query, "EIO") != "4":
+            raise EngineError(400, BAD_VERSION,
+                              "unsupported Engine.IO version (EIO=4 required)")
+        if transport not in ("polling", "websocket"):
+            raise EngineError(400, UNKNOWN_TRANSPORT)
+
+    def _check_capacity(self) -> None:
+        if len(self.app.sessions) >= self.app.config.max_connections:
+            raise EngineError(503, BAD_REQUEST, "server full")
+
+    def _session(self, request: HttpRequest, sid: str) -> SocketIOSession:
+        session = self.by_sid.get(sid)
+        if session is None:
+            raise EngineError(400, UNKNOWN_SID)
+        if session.transport != "polling" or session.poll is None:
+            raise EngineError(400, BAD_REQUEST, "the session has upgraded to websocket")
+        return session
+
+    def _forget(self, session: SocketIOSession) -> None:
+        if self.by_sid.get(session.engine.sid) is session:
+            del self.by_sid[session.engine.sid]
+
+    def _new_session(self, request: HttpRequest,
+                     carrier: ServerWebSocket | PollQueue) -> SocketIOSession:
+        session = SocketIOSession(self.app, carrier, headers=request.headers,
+                                  query=request.query, remote=request.remote,
+                                  on_finish=self._forget)
+        self.by_sid[session.engine.sid] = session
+        session.start()
+        return session
+
+    # -- long-polling --------------------------------------------------------------------
+
+    async def http(self, request: HttpRequest) -> HttpResponse:
+        """Answer one plain HTTP request to ``/socket.io/`` (the router's handler)."""
+        cors = self.origins.headers(request)
         try:
-            await ws.outbox.run_writer(stream)
-        finally:
-            writer_done.set()
+            if request.method == "OPTIONS":
+                if not self.origins.allows(request):
+                    raise EngineError(403, FORBIDDEN, "origin not allowed (see --cors-origins)")
+                return HttpResponse(204, headers=self.origins.preflight_headers(request))
+            self._check(request, first(request.query, "transport"))
+            if first(request.query, "transport") != "polling":
+                raise EngineError(400, BAD_REQUEST, "a WebSocket request without an upgrade")
+            sid = first(request.query, "sid")
+            if sid is None:
+                body = self._handshake(request)
+            elif request.method == "GET":
+                body = await self._poll(self._session(request, sid))
+            elif request.method == "POST":
+                await self._post(self._session(request, sid), request.body)
+                return HttpResponse(200, b"ok", "text/html", cors)
+            else:
+                raise EngineError(400, BAD_REQUEST, f"method {request.method} not allowed")
+        except EngineError as err:
+            return HttpResponse(err.status, err.body(), "application/json", cors)
+        return HttpResponse(200, body, _TEXT, cors)
 
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer)
+    def _handshake(self, request: HttpRequest) -> bytes:
+        if request.method != "GET":
+            raise EngineError(400, BAD_HANDSHAKE_METHOD)
+        self._check_capacity()
+        cfg = self.app.config
+        session = self._new_session(request, PollQueue(cfg.outbox_max_bytes))
+        assert session.poll is not None
+        return session.poll.payload()  # the open packet
+
+    async def _poll(self, session: SocketIOSession) -> bytes:
+        queue = session.poll
+        assert queue is not None
+        if queue.waiting:
+            # the reference server's rule: overlapping polls are a client bug
+            session.close("overlapping polls", notify=False)
+            raise EngineError(400, BAD_REQUEST, "a poll is already waiting")
+        queue.waiting = True
+        try:
+            await queue.wait()
+        except trio.Cancelled:
+            # the client went away (or the server is stopping) while the poll waited
+            session.close("polling request cancelled", notify=False)
+            raise
+        finally:
+            queue.waiting = False
+        return queue.payload()
+
+    async def _post(self, session: SocketIOSession, body: bytes) -> None:
+        if session.posting:
+            session.close("overlapping POST requests", notify=False)
+            raise EngineError(400, BAD_REQUEST, "a POST is already being handled")
+        try:
+            packets = engineio.decode_payload(body.decode("utf-8"))
+        except (UnicodeDecodeError, engineio.EngineIOProtocolError) as exc:
+            session.close(f"protocol error: {exc}", notify=False)
+            raise EngineError(400, BAD_REQUEST, f"bad payload: {exc}") from None
+        session.posting = True
+        try:
+            await session.receive_polling(packets)
+        finally:
+            session.posting = False
+
+    # -- WebSocket -----------------------------------------------------------------------
+
+    async def websocket(self, stream: trio.abc.Stream, request: HttpRequest, raw: bytes) -> None:
+        """Serve one WebSocket to ``/socket.io/`` until it ends (the router's handler).
+
+        Resource handling: the WebSocket's writer task runs beside it; when it ends, the
+        writer gets a moment to flush the close frame. Error handling: a bad handshake
+        gets an HTTP error; an exception in the session is logged and ends this session
+        only.
+        """
+        cfg = self.app.config
+        ws = ServerWebSocket(stream, Outbox(cfg.outbox_max_bytes),
+                             max_message_size=cfg.max_payload)
+        try:
+            ws.start_handshake(raw)
+            del raw  # held by this frame for the whole session otherwise
+        except HandshakeError as exc:
+            await send_error(stream, 400, f"bad WebSocket handshake: {exc}")
+            return
+        sid = first(request.query, "sid")
+        try:
+            self._check(request, first(request.query, "transport"))
+            if first(request.query, "transport") != "websocket":
+                raise EngineError(400, BAD_REQUEST, "a polling request with an upgrade")
+            upgrading = self._upgradable(sid) if sid is not None else None
+            if upgrading is None and sid is None:
+                self._check_capacity()
+        except EngineError as err:
+            await ws.reject(err.status, err.body())
+            return
+        await ws.accept()
+        if sid is not None and upgrading is None:
+            # the session upgraded already (or another WebSocket probes it): as the
+            # reference server does, the handshake completes and the socket is closed
+            ws.close(1008, "the session is not upgradable")
+            with trio.move_on_after(1.0):
+                await ws.outbox.run_writer(stream)
+            return
+        writer_done = trio.Event()
+
+        async def writer() -> None:
             try:
-                await session.run()
+                await ws.outbox.run_writer(stream)
             finally:
-                app.sessions.discard(session)
-                # let the writer flush the last frames (close frame included)
-                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                    await writer_done.wait()
-                nursery.cancel_scope.cancel()
-    except Exception:
-        log.exception("WebSocket session failed")
+                writer_done.set()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                try:
+                    if upgrading is not None:
+                        await upgrading.run_upgrade(ws)
+                    else:
+                        await self._new_session(request, ws).run()
+                finally:
+                    # let the writer flush the last frames (close frame included)
+                    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                        await writer_done.wait()
+                    nursery.cancel_scope.cancel()
+        except Exception:
+            log.exception("WebSocket session failed")
+
+    def _upgradable(self, sid: str) -> SocketIOSession | None:
+        """The polling session ``sid`` names, None if it cannot upgrade (any more)."""
+        session = self.by_sid.get(sid)
+        if session is None:
+            raise EngineError(400, UNKNOWN_SID)
+        if session.poll is None or session.probing or session.close_reason is not None:
+            return None
+        return session

@@ -93,11 +93,19 @@ class Router:
     def __init__(self) -> None:
         self._http: dict[str, HttpHandler] = {}
         self._http_prefixes: list[tuple[str, HttpHandler]] = []
+        self._long_poll: set[HttpHandler] = set()
         self._websocket: dict[str, WebSocketHandler] = {}
         self._websocket_prefixes: list[tuple[str, WebSocketHandler]] = []
 
-    def http(self, path: str, handler: HttpHandler, *, prefix: bool = False) -> None:
-        """Answer HTTP requests for ``path`` (or every path under it) with ``handler``."""
+    def http(self, path: str, handler: HttpHandler, *, prefix: bool = False,
+             long_poll: bool = False) -> None:
+        """Answer HTTP requests for ``path`` (or every path under it) with ``handler``.
+
+        ``long_poll``: the handler may hold a ``GET`` open; the connection is watched
+        meanwhile and the handler cancelled if the client goes away.
+        """
+        if long_poll:
+            self._long_poll.add(handler)
         if prefix:
             self._http_prefixes.append((path, handler))
         else:
@@ -116,6 +124,10 @@ class Router:
         if found is None:
             found = next((h for p, h in self._http_prefixes if path.startswith(p)), None)
         return found
+
+    def is_long_poll(self, handler: HttpHandler) -> bool:
+        """Whether ``handler`` was registered with ``long_poll``."""
+        return handler in self._long_poll
 
     def find_websocket(self, path: str) -> WebSocketHandler | None:
         """The WebSocket handler for ``path``, if any."""
@@ -324,13 +336,41 @@ async def _serve_request(stream: trio.abc.Stream, conn: h11.Connection, router: 
         return False
     handler = router.find_http(request.path)
     if handler is None:
-        response = HttpResponse(404, b"not found\n")
+        response: HttpResponse | None = HttpResponse(404, b"not found\n")
     else:
-        response = await handler(HttpRequest(request.method, request.target, request.path,
-                                             request.query, request.headers, request.remote,
-                                             body))
+        full = HttpRequest(request.method, request.target, request.path, request.query,
+                           request.headers, request.remote, body)
+        if request.method == "GET" and router.is_long_poll(handler):
+            response = await _call_watching(stream, conn, handler, full)
+        else:
+            response = await handler(full)
+    if response is None:
+        return False  # the client went away while its request was held
     await send_response(stream, response, conn, head=request.method == "HEAD")
     return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+
+async def _call_watching(stream: trio.abc.Stream, conn: h11.Connection, handler: HttpHandler,
+                         request: HttpRequest) -> HttpResponse | None:
+    """Run ``handler`` while watching the connection; None if the client closed it first.
+
+    Bytes that arrive meanwhile (a pipelined next request) are kept for h11.
+    """
+    response: HttpResponse | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    nursery.cancel_scope.cancel()  # the client went away
+                    return
+                conn.receive_data(bytes(data))
+
+        nursery.start_soon(watch)
+        response = await handler(request)
+        nursery.cancel_scope.cancel()
+    return response
 
 
 def first(query: dict[str, list[str]], name: str) -> str | None:

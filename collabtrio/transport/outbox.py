@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import trio
 
+from ..protocol.outgoing import Outgoing
+
 BURST_FACTOR = 8
 
 
@@ -85,6 +87,10 @@ class Outbox:
             self._idle = False
             self._lot.unpark()
         return True
+
+    def send(self, out: Outgoing, volatile: bool = False) -> bool:
+        """Queue the WebSocket frames of ``out`` (encoded once, shared by every member)."""
+        return self.push(out.ws_frames(), volatile)
 
     def push_many(self, frames: list[bytes], volatile: bool = False) -> bool:
         """Queue several frames that belong together (a packet and its attachments)."""

@@ -31,13 +31,14 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
 
 from ..config import Config
 from ..errors import CollabError, ErrorCode
-from ..protocol import engineio, socketio, wsframe
+from ..protocol import engineio, socketio
 from ..protocol.engineio_session import (
     Closed,
     EngineSession,
@@ -46,10 +47,15 @@ from ..protocol.engineio_session import (
     RemoteProtocolError,
     Side,
     State,
+    Transport,
+    Upgraded,
+    UpgradeProbe,
 )
 from ..protocol.outgoing import Outgoing
 from ..timers import TimerHandle, Timers
 from .limits import TokenBucket
+from .outbox import Outbox
+from .polling import PollQueue
 from .websocket import ServerWebSocket, WebSocketClosed
 
 log = logging.getLogger(__name__)
@@ -61,8 +67,17 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY = 1008
 
-_PING_FRAME = wsframe.text_frame(engineio.PING_FRAME)
+_PING = Outgoing.engineio(engineio.PING_FRAME)
+_NOOP = Outgoing.engineio(engineio.NOOP_FRAME)
+_CLOSE = Outgoing.engineio(engineio.CLOSE_FRAME)
+_PROBE_PONG = Outgoing.engineio(engineio.PROBE_PONG)
 _DISCONNECT = Outgoing.socketio("1")
+
+
+def _engine_packet(packet: engineio.Packet) -> Outgoing:
+    text = engineio.encode_ws(packet)
+    assert isinstance(text, str)  # only MESSAGE packets carry bytes
+    return Outgoing.engineio(text)
 
 
 def new_sid() -> str:
@@ -100,53 +115,94 @@ class Application(Protocol):
 class SocketIOSession:
     """A connected client's transport (see the module docstring).
 
-    Attributes: ``sid`` (the Socket.IO socket id), ``engine`` (the Engine.IO state),
-    ``outbox``, the request's ``headers``, ``query`` and ``remote`` address, and
-    ``close_reason`` once the session is ending.
+    Attributes: ``sid`` (the Socket.IO socket id), ``engine`` (the Engine.IO state,
+    whose ``transport`` says which carrier is current), ``ws`` (the WebSocket, once
+    there is one) or ``poll`` (the long-polling queue, until an upgrade), ``outbox``
+    (whichever of the two is current), the request's ``headers``, ``query`` and
+    ``remote`` address, and ``close_reason`` once the session is ending.
+
+    Resource handling: a WebSocket session's reader is :meth:`run` (or
+    :meth:`run_upgrade`, for the WebSocket a polling session upgrades to); a polling
+    session has no task of its own: the endpoint's ``GET`` and ``POST`` requests drive
+    it. However the session ends, :meth:`_finish` runs once: timers cancelled, the
+    namespace closed, the session forgotten by the application and the endpoint.
     """
 
     def __init__(
         self,
         app: Application,
-        ws: ServerWebSocket,
+        carrier: ServerWebSocket | PollQueue,
         *,
         headers: dict[str, str],
         query: dict[str, list[str]],
         remote: str,
+        on_finish: Callable[[SocketIOSession], None] | None = None,
     ) -> None:
         cfg = app.config
         self.app = app
-        self.ws = ws
         self.headers = headers
         self.query = query
         self.remote = remote
+        polling = isinstance(carrier, PollQueue)
         self.engine = EngineSession(
-            Side.SERVER, "websocket", sid=new_sid(), upgrades=(),
+            Side.SERVER, "polling" if polling else "websocket", sid=new_sid(),
+            upgrades=("websocket",) if polling else (),
             ping_interval_ms=cfg.ping_interval_ms, ping_timeout_ms=cfg.ping_timeout_ms,
             max_payload=cfg.max_payload,
         )
+        self.ws: ServerWebSocket | None = None
+        self.poll: PollQueue | None = None
+        self._push: Callable[[Outgoing, bool], bool]
+        if isinstance(carrier, PollQueue):
+            self.poll = carrier
+            self._push = carrier.push
+        else:
+            self.ws = carrier
+            self._push = carrier.outbox.send
+        self._probe: ServerWebSocket | None = None
         self.sid = new_sid()
         self.namespace: Namespace | None = None
-        self.outbox = ws.outbox
         self.bucket = TokenBucket(cfg.rate_limit_per_s, cfg.rate_limit_burst)
         self.decoder = socketio.Decoder(max_attachments=cfg.max_attachments)
         self.close_reason: str | None = None
+        self._on_finish = on_finish
+        self._finished = False
         self._max_event_bytes = cfg.max_event_bytes
         self._cancel: trio.CancelScope | None = None
         self._ping_timer: TimerHandle | None = None
         self._connect_timer: TimerHandle | None = None
         self._binary_size = 0
+        self.posting = False
+        """A long-polling ``POST`` is being handled (one at a time)."""
 
     @property
     def connected(self) -> bool:
         """The Socket.IO namespace ``/`` is connected."""
         return self.namespace is not None
 
+    @property
+    def outbox(self) -> Outbox | PollQueue:
+        """The current outbound queue (the WebSocket's, or the long-polling one)."""
+        if self.ws is not None:
+            return self.ws.outbox
+        assert self.poll is not None
+        return self.poll
+
+    @property
+    def probing(self) -> bool:
+        """A WebSocket is probing this polling session for an upgrade."""
+        return self._probe is not None
+
+    @property
+    def transport(self) -> str:
+        """``"websocket"`` or ``"polling"``: what the session uses now."""
+        return self.engine.transport
+
     # -- sending -------------------------------------------------------------------------
 
     def send(self, out: Outgoing, volatile: bool = False) -> None:
         """Queue ``out`` for this client; a full queue disconnects it (slow-consumer)."""
-        if not self.outbox.push(out.ws_frames(), volatile):
+        if not self._push(out, volatile):
             self.disconnect_slow_consumer()
 
     def emit(self, event: str, payload: Any, volatile: bool = False) -> None:
@@ -155,22 +211,34 @@ class SocketIOSession:
 
     # -- closing -------------------------------------------------------------------------
 
-    def close(self, reason: str, code: int = 1000, *, notify: bool = True) -> None:
-        """Disconnect this client (synchronous; the session's task does the rest).
+    def close(self, reason: str, code: int = 1000, *, notify: bool = True,
+              by_client: bool = False) -> None:
+        """Disconnect this client (synchronous; the session's task, if any, does the rest).
 
         With ``notify`` the client first gets a Socket.IO DISCONNECT, so stock clients
-        report ``io server disconnect`` and do not reconnect on their own.
+        report ``io server disconnect`` and do not reconnect on their own. On
+        long-polling a waiting ``GET`` is answered with the Engine.IO ``close`` packet
+        (``noop`` when the client closed it: ``by_client``).
         """
         if self.close_reason is not None:
             return
         self.close_reason = reason
         if notify and self.connected:
-            self.outbox.push(_DISCONNECT.ws_frames())
+            self._push(_DISCONNECT, False)
         if self.engine.state in (State.OPEN, State.UPGRADING):
             self.engine.close()  # on a WebSocket the close frame says it; no CLOSE packet
-        self.ws.close(code, reason)
-        if self._cancel is not None:
-            self._cancel.cancel()
+        if self._probe is not None:
+            self._probe.close(CLOSE_GOING_AWAY, "session closed")
+        if self.ws is not None:
+            self.ws.close(code, reason)
+            if self._cancel is not None:
+                self._cancel.cancel()
+        else:
+            poll = self.poll
+            assert poll is not None
+            poll.push(_NOOP if by_client else _CLOSE)
+            poll.close()
+            self._finish()
 
     def disconnect_slow_consumer(self) -> None:
         """Drop what is queued and disconnect: the client recovers with ``join {since}``."""
@@ -197,7 +265,7 @@ class SocketIOSession:
             return
         now = trio.current_time()
         self.engine.ping(now)
-        self.outbox.push(_PING_FRAME)
+        self._push(_PING, False)
         self._ping_timer = self.app.timers.call_at(
             now + self.engine.ping_timeout_ms / 1000, self._check_pong
         )
@@ -213,38 +281,115 @@ class SocketIOSession:
         assert next_at is not None
         self._ping_timer = self.app.timers.call_at(next_at, self._send_ping)
 
-    # -- the session task ----------------------------------------------------------------
+    # -- the session's life --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Queue the Engine.IO ``open`` packet and start the heartbeat and the CONNECT
+        deadline (the endpoint calls it once, right after creating the session)."""
+        cfg = self.app.config
+        self.app.sessions.add(self)
+        self._push(_engine_packet(self.engine.open()), False)
+        self._ping_timer = self.app.timers.call_later(cfg.ping_interval_ms / 1000, self._send_ping)
+        self._start_connect_timer()
 
     async def run(self) -> None:
-        """Serve this client until it leaves, breaks the protocol or is closed.
+        """Serve a WebSocket session until it leaves, breaks the protocol or is closed.
 
         Resource handling: the writer task lives in the caller's nursery (see
         :func:`~collabtrio.transport.endpoint.serve_websocket`); on return a close
         frame is queued and the outbox closed, and the caller gives the writer a moment
         to drain before closing the stream.
         """
-        cfg = self.app.config
-        self.outbox.push(wsframe.text_frame(engineio.encode_ws(self.engine.open())))
-        self._ping_timer = self.app.timers.call_later(cfg.ping_interval_ms / 1000, self._send_ping)
-        self._start_connect_timer()
+        ws = self.ws
+        assert ws is not None
         try:
-            with trio.CancelScope() as self._cancel:
-                if self.close_reason is not None:
-                    self._cancel.cancel()
-                while True:
-                    try:
-                        batch = await self.ws.receive_batch()
-                    except WebSocketClosed as exc:
-                        self.close_reason = self.close_reason or f"transport close ({exc.code})"
-                        return
-                    # the whole batch is handled before the next read, so a burst
-                    # reaches the rooms (and each member's writer) as one batch
-                    for message in batch:
-                        await self._on_message(message)
-                        if self.close_reason is not None:
-                            return
+            await self._read(ws)
         finally:
             self._finish()
+
+    async def run_upgrade(self, ws: ServerWebSocket) -> None:
+        """Serve the WebSocket a polling session probes: the probe, the ``UPGRADE``,
+        then everything, until the session ends.
+
+        If the WebSocket goes away (or breaks the protocol) before ``UPGRADE``, the
+        upgrade is abandoned and the session carries on over long-polling.
+        """
+        self._probe = ws
+        try:
+            await self._read(ws)
+        finally:
+            if self.ws is ws:
+                self._finish()
+            else:  # never upgraded
+                if self._probe is ws:
+                    self._probe = None
+                if self.engine.state is State.UPGRADING:
+                    self.engine.abandon_upgrade()
+                ws.close(CLOSE_GOING_AWAY if ws.closed is None else ws.closed.code)
+
+    async def _read(self, ws: ServerWebSocket) -> None:
+        with trio.CancelScope() as scope:
+            if self.ws is ws:
+                self._cancel = scope
+            if self.close_reason is not None:
+                scope.cancel()
+            while True:
+                try:
+                    batch = await ws.receive_batch()
+                except WebSocketClosed as exc:
+                    if self.ws is ws:
+                        self.close_reason = self.close_reason or f"transport close ({exc.code})"
+                    return
+                # the whole batch is handled before the next read, so a burst
+                # reaches the rooms (and each member's writer) as one batch
+                for message in batch:
+                    if ws is self._probe and self.ws is not ws:
+                        if not self._on_probe_message(ws, message):
+                            return
+                        if self.ws is ws:
+                            self._cancel = scope  # upgraded: this is the reader now
+                        continue
+                    await self._on_message(message, "websocket")
+                    if self.close_reason is not None:
+                        return
+
+    async def receive_polling(self, packets: list[engineio.Packet]) -> None:
+        """Handle the packets of one long-polling ``POST``, in order."""
+        for packet in packets:
+            await self._on_engine_packet(packet, "polling")
+            if self.close_reason is not None:
+                return
+
+    def _on_probe_message(self, ws: ServerWebSocket, message: str | bytes) -> bool:
+        """One message on the WebSocket being probed; False ends the probe."""
+        try:
+            event = self.engine.receive(engineio.decode_ws(message), "websocket")
+        except RemoteProtocolError as exc:
+            log.info("%s: upgrade abandoned: %s", self.sid, exc)
+            ws.close(CLOSE_PROTOCOL_ERROR, "bad upgrade")
+            return False
+        if type(event) is UpgradeProbe:
+            ws.outbox.send(_PROBE_PONG)
+            if self.poll is not None:
+                self.poll.push(_NOOP)  # release a waiting GET: the client pauses polling
+        elif type(event) is Upgraded:
+            self._switch_to(ws)
+        elif type(event) is Closed:
+            self.close("client close", notify=False)
+            return False
+        return True
+
+    def _switch_to(self, ws: ServerWebSocket) -> None:
+        """``UPGRADE`` arrived: what waits for a poll goes first on the WebSocket, then
+        everything else; a waiting ``GET`` is released with a ``noop``."""
+        poll = self.poll
+        assert poll is not None
+        for out in poll.take():
+            ws.outbox.send(out)
+        poll.push(_NOOP)
+        poll.close()
+        self.ws, self.poll, self._probe = ws, None, None
+        self._push = ws.outbox.send
 
     def _start_connect_timer(self) -> None:
         # an unauthenticated socket must not hold a connection slot for ever
@@ -257,23 +402,38 @@ class SocketIOSession:
             self.close("connect timeout", CLOSE_POLICY, notify=False)
 
     def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
         for timer in (self._connect_timer, self._ping_timer):
             if timer is not None:
                 timer.cancel()
         self.close_reason = self.close_reason or "server shutdown"
-        self.ws.close(1000 if self.ws.closed is None else self.ws.closed.code)
+        if self.ws is not None:
+            self.ws.close(1000 if self.ws.closed is None else self.ws.closed.code)
         if self.engine.state is not State.CLOSED:
             self.engine.transport_closed(self.close_reason)
+        self.app.sessions.discard(self)
         namespace, self.namespace = self.namespace, None
         try:
             if namespace is not None:
                 namespace.on_close()
         finally:
             self.outbox.close()
+            if self._on_finish is not None:
+                self._on_finish(self)
 
-    async def _on_message(self, message: str | bytes) -> None:
+    async def _on_message(self, message: str | bytes, via: Transport) -> None:
         try:
-            event = self.engine.receive(engineio.decode_ws(message))
+            packet = engineio.decode_ws(message)
+        except RemoteProtocolError as exc:
+            self._protocol_error(f"Engine.IO: {exc}")
+            return
+        await self._on_engine_packet(packet, via)
+
+    async def _on_engine_packet(self, packet: engineio.Packet, via: Transport) -> None:
+        try:
+            event = self.engine.receive(packet, via)
         except RemoteProtocolError as exc:
             self._protocol_error(f"Engine.IO: {exc}")
             return
@@ -285,9 +445,9 @@ class SocketIOSession:
                 await self._on_socketio_text(data)
         elif type(event) is Ping:
             # a client-initiated ping (probe or keep-alive): answer it
-            self.outbox.push(wsframe.text_frame(engineio.encode_ws(self.engine.pong(event.data))))
+            self._push(_engine_packet(self.engine.pong(event.data)), False)
         elif type(event) is Closed:
-            self.close("client close", notify=False)
+            self.close("client close", notify=False, by_client=True)
         # Pong: recorded by the engine session; Noop: nothing to do
 
     def _protocol_error(self, why: str) -> None:

@@ -323,21 +323,22 @@ async def test_websocket_upgrade_to_unknown_path_gets_404(
             assert await conn.closed() == 0
 
 
-async def test_plain_get_to_socketio_path_gets_400_no_long_polling(
+async def test_polling_requests_share_a_keep_alive_connection(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A plain GET to ``/socket.io/`` (a long-polling request) gets 400 with a JSON
-    body saying long-polling is not supported; the connection stays usable."""
+    """A bad ``/socket.io/`` request gets 400 with Engine.IO's JSON body, and the same
+    connection then carries a polling handshake and other requests."""
     async with open_test_server(max_payload=MAX_PAYLOAD) as server:
         conn = HttpConnection(server)
         await conn.send(request("/socket.io/"))
         response = await conn.response()
         assert response.status == 400
-        assert response.json() == {
-            "code": 3, "message": "HTTP long-polling is not supported by this version; "
-            "connect with transports: ['websocket']"}
+        assert response.json() == {"code": 5,
+                                   "message": "unsupported Engine.IO version (EIO=4 required)"}
         await conn.send(request("/socket.io/?EIO=4&transport=polling"))
-        assert (await conn.response()).status == 400
+        handshake = await conn.response()
+        assert handshake.status == 200
+        assert handshake.body.startswith(b'0{"sid":')
         await conn.send(request("/healthz"))
         assert (await conn.response()).status == 200
         await conn.aclose()

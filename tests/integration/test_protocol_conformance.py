@@ -272,37 +272,42 @@ async def test_open_packet_follows_the_config(autojump_clock: trio.testing.MockC
 async def test_websocket_with_bad_eio_is_refused(
     autojump_clock: trio.testing.MockClock, query: str
 ) -> None:
-    """A WebSocket upgrade without ``EIO=4`` is refused with HTTP 400 and the JSON body
-    ``{code, message}`` (the suites only see the socket close)."""
+    """A WebSocket upgrade without ``EIO=4`` is refused with HTTP 400 and Engine.IO's
+    JSON body, code 5 (the suites only see the socket close)."""
     async with suite_server() as server:
         refused = await rejection(server, "/socket.io/?" + query)
         assert refused.status_code == 400
         assert json_body(refused) == {
-            "code": 3, "message": "unsupported Engine.IO version (EIO=4 required)"}
+            "code": 5, "message": "unsupported Engine.IO version (EIO=4 required)"}
         assert not server.server.connections
 
 
-@pytest.mark.parametrize("query", ["EIO=4", "EIO=4&transport=abc", "EIO=4&transport=polling"])
+@pytest.mark.parametrize(("query", "code"), [
+    ("EIO=4", 0), ("EIO=4&transport=abc", 0), ("EIO=4&transport=polling", 3)])
 async def test_websocket_with_bad_transport_is_refused(
-    autojump_clock: trio.testing.MockClock, query: str
+    autojump_clock: trio.testing.MockClock, query: str, code: int
 ) -> None:
-    """A WebSocket upgrade without ``transport=websocket`` gets HTTP 400 and JSON."""
+    """A WebSocket upgrade without ``transport=websocket`` gets HTTP 400 and JSON: code
+    0 for an unknown transport, 3 (bad request) for ``polling`` with an upgrade."""
     async with suite_server() as server:
         refused = await rejection(server, "/socket.io/?" + query)
         assert refused.status_code == 400
-        assert json_body(refused) == {
-            "code": 3, "message": "only the websocket transport is supported"}
+        assert json_body(refused)["code"] == code
 
 
-async def test_websocket_with_sid_is_refused(autojump_clock: trio.testing.MockClock) -> None:
-    """The suites' upgrade tests open a WebSocket with the ``sid`` of a polling session.
-    collabtrio has no polling sessions to upgrade from: such a request gets 400, even
-    with the sid of a live WebSocket session (which is not disturbed)."""
+async def test_websocket_with_sid_of_a_websocket_session_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A WebSocket with the ``sid`` of a session that is already on WebSocket (nothing
+    to upgrade) is accepted and closed at once, as the reference server does; one with
+    the sid of no session gets 400; the live session is not disturbed."""
     async with suite_server() as server, raw_socket(server) as live:
         sid = (await live.open_packet())["sid"]
-        refused = await rejection(server, socketio_resource({"sid": sid}))
-        assert refused.status_code == 400
-        assert json_body(refused)["message"] == "only the websocket transport is supported"
+        async with raw_socket(server, socketio_resource({"sid": sid})) as second:
+            assert (await second.closed()).code == 1008
+        unknown = await rejection(server, socketio_resource({"sid": "no-such-sid"}))
+        assert unknown.status_code == 400
+        assert json_body(unknown) == {"code": 1, "message": "Session ID unknown"}
         assert await live.connect()
         assert len(server.server.connections) == 1
 
@@ -772,11 +777,7 @@ async def test_malformed_packet_after_connect_is_answered_and_connection_stays(
         assert len(server.server.connections) == 1
 
 
-# -- HTTP long-polling: not implemented, what a polling client gets instead -------------
-
-
-POLLING_REFUSAL = {"code": 3, "message": "HTTP long-polling is not supported by this version; "
-                   "connect with transports: ['websocket']"}
+# -- HTTP long-polling: the handshake's refusals (the rest: test_polling.py) -------------
 
 
 async def _http(server: TestServer, method: str, target: str) -> tuple[int, dict[str, str], bytes]:
@@ -804,24 +805,22 @@ async def _http(server: TestServer, method: str, target: str) -> tuple[int, dict
     return status, response_headers, body
 
 
-@pytest.mark.parametrize(("method", "query"), [
-    ("GET", "EIO=4&transport=polling"),  # the polling handshake
-    ("GET", "transport=polling"),  # invalid EIO
-    ("GET", "EIO=abc&transport=polling"),
-    ("GET", "EIO=4"),  # invalid transport
-    ("GET", "EIO=4&transport=abc"),
-    ("POST", "EIO=4&transport=polling"),  # invalid handshake method
-    ("PUT", "EIO=4&transport=polling"),
+@pytest.mark.parametrize(("method", "query", "code"), [
+    ("GET", "transport=polling", 5),  # invalid EIO
+    ("GET", "EIO=abc&transport=polling", 5),
+    ("GET", "EIO=4", 0),  # invalid transport
+    ("GET", "EIO=4&transport=abc", 0),
+    ("POST", "EIO=4&transport=polling", 2),  # invalid handshake method
+    ("PUT", "EIO=4&transport=polling", 2),
 ])
-async def test_plain_http_to_socketio_path_is_refused(
-    autojump_clock: trio.testing.MockClock, method: str, query: str
+async def test_bad_polling_handshake_is_refused(
+    autojump_clock: trio.testing.MockClock, method: str, query: str, code: int
 ) -> None:
-    """The suites' polling handshake checks expect 400 for a bad EIO, transport or
-    method; collabtrio answers every plain HTTP request to ``/socket.io/`` with 400
-    and a JSON body saying long-polling is not supported (so the polling handshake
-    itself, and the polling message, heartbeat, close and upgrade tests, cannot pass)."""
+    """The suites' polling handshake checks: 400 for a bad EIO, transport or method,
+    with Engine.IO's JSON body and code (5, 0 and 2), and no session is made."""
     async with suite_server() as server:
         status, headers, body = await _http(server, method, "/socket.io/?" + query)
         assert status == 400
         assert headers["content-type"] == "application/json"
-        assert json.loads(body) == POLLING_REFUSAL
+        assert json.loads(body)["code"] == code
+        assert not server.server.connections

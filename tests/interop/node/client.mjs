@@ -6,7 +6,12 @@
 // Each step is an object with an "action" and a "client" name; its result goes, in
 // order, into the printed {"results": [...]} (or {"error": ...} with exit code 1).
 //
-//   connect    {client, auth?, query?, options?}  -> {ok: true, id} | {ok: false, message, data}
+//   connect    {client, auth?, query?, options?, defaults?}
+//                                                 -> {ok: true, id} | {ok: false, message, data}
+//                                                    (defaults: true leaves socket.io-client's
+//                                                    own transports: polling, then upgrade)
+//   transport  {client}                           -> the Engine.IO transport now in use
+//   waitUpgrade {client}                          -> the transport once upgraded ("websocket")
 //   call       {client, event, data}              -> the ack payload
 //   emit       {client, event, data}              -> null (no ack asked for)
 //   emitRaw    {client, event, args: [...]}       -> null (several arguments, no ack)
@@ -98,7 +103,7 @@ async function main() {
         case "connect": {
           const query = step.query ?? undefined;
           const socket = io(scenario.url, {
-            transports: ["websocket"],
+            ...(step.defaults ? {} : { transports: ["websocket"] }),
             reconnection: false,
             forceNew: true,
             timeout: timeoutMs,
@@ -169,6 +174,18 @@ async function main() {
           client(name).socket.disconnect();
           results.push(null);
           break;
+        case "transport":
+          results.push(client(name).socket.io.engine.transport.name);
+          break;
+        case "waitUpgrade": {
+          const engine = client(name).socket.io.engine;
+          if (engine.transport.name !== "websocket") {
+            await withTimeout(new Promise((resolve) => engine.once("upgrade", resolve)),
+              timeoutMs, `${name}: upgrade`);
+          }
+          results.push(engine.transport.name);
+          break;
+        }
         default:
           throw new Error(`unknown action ${step.action}`);
       }

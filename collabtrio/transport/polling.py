@@ -1,0 +1,103 @@
+"""HTTP long-polling: a session's outbound queue, drained by the client's ``GET`` requests.
+
+Theory of operation: a long-polling client receives by sending ``GET`` requests that
+the server holds open until it has something to send (a ping is due every
+``pingInterval``, so a poll never waits longer than that). Everything the server sends
+such a client is an :class:`~collabtrio.protocol.outgoing.Outgoing` queued here; a
+``GET`` takes every message queued and answers with their long-polling records joined
+by ``\\x1e`` (binary attachments as ``b`` + base64). One ``GET`` at a time: a second
+one while one is waiting is a protocol error (the HTTP endpoint closes the session).
+
+The queue is bounded like a WebSocket's outbox (:mod:`.outbox`), with "the client is
+not reading" meaning "no ``GET`` is waiting": while the client is away, what queues
+past ``max_bytes`` drops the volatile messages first, then refuses (the session
+disconnects that client as a slow consumer), so a client that stops polling costs
+bounded memory. While a ``GET`` is waiting, what the server queues in one go may use
+``BURST_FACTOR`` times the bound, and one message into an empty queue always fits.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from ..protocol import engineio
+from ..protocol.outgoing import Outgoing
+from .outbox import BURST_FACTOR
+
+__all__ = ["PollQueue"]
+
+
+def _size(out: Outgoing) -> int:
+    # what the records will weigh on the wire (base64 grows binary by a third)
+    return len(out.packet) + sum(len(a) * 4 // 3 + 4 for a in out.attachments) + 1
+
+
+class PollQueue:
+    """Messages waiting for the next ``GET`` (see the module docstring)."""
+
+    __slots__ = ("_bytes", "_items", "_lot", "closed", "dropped_volatile", "max_bytes",
+                 "waiting")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: list[tuple[Outgoing, bool]] = []
+        self._bytes = 0
+        self._lot = trio.lowlevel.ParkingLot()
+        self.waiting = False
+        """A ``GET`` is waiting for messages."""
+        self.closed = False
+        self.dropped_volatile = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push(self, out: Outgoing, volatile: bool = False) -> bool:
+        """Queue ``out``; ``False`` means it did not fit (the caller disconnects)."""
+        if self.closed:
+            return True
+        size = _size(out)
+        limit = self.max_bytes * BURST_FACTOR if self.waiting else self.max_bytes
+        if self._bytes + size > limit and self._items:
+            self._drop_volatile()
+            if self._bytes + size > limit:
+                if volatile:
+                    self.dropped_volatile += 1
+                    return True
+                return False
+        self._items.append((out, volatile))
+        self._bytes += size
+        self._lot.unpark_all()
+        return True
+
+    def _drop_volatile(self) -> None:
+        kept = [item for item in self._items if not item[1]]
+        self.dropped_volatile += len(self._items) - len(kept)
+        self._items = kept
+        self._bytes = sum(_size(out) for out, _ in kept)
+
+    def clear(self) -> None:
+        """Forget everything queued (before a forced disconnect)."""
+        self._items = []
+        self._bytes = 0
+
+    def close(self) -> None:
+        """Accept no more messages; a waiting ``GET`` takes what is queued and returns."""
+        self.closed = True
+        self._lot.unpark_all()
+
+    def take(self) -> list[Outgoing]:
+        """Everything queued, oldest first, and the queue emptied."""
+        items = [out for out, _ in self._items]
+        self._items = []
+        self._bytes = 0
+        return items
+
+    async def wait(self) -> None:
+        """Return once something is queued or the queue is closed."""
+        while not self._items and not self.closed:
+            await self._lot.park()
+
+    def payload(self) -> bytes:
+        """Take everything queued as one long-polling body (UTF-8)."""
+        records = [r for out in self.take() for r in out.polling_records()]
+        return engineio.RECORD_SEPARATOR.join(records).encode("utf-8")
