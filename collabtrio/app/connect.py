@@ -1,6 +1,6 @@
 """The Socket.IO connect logic, and the namespace that serves a connected client.
 
-:class:`SocketIOEndpoint` is what the transport asks to accept a ``CONNECT``
+:class:`SocketIOApp` is what the transport asks to accept a ``CONNECT``
 (:class:`~collabtrio.transport.session.Application`): it finds the token (CONNECT
 ``auth.token``, then ``Authorization: Bearer``, then ``?token=``), verifies it, loads
 the user's stored grants, puts the client in its personal room and schedules its token
@@ -33,7 +33,7 @@ from .handlers import HANDLERS, request_join
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SocketIOEndpoint", "SocketNamespace"]
+__all__ = ["SocketIOApp", "SocketNamespace"]
 
 
 def _token_of(session: SocketIOSession, auth: Any) -> Any:
@@ -47,7 +47,7 @@ def _token_of(session: SocketIOSession, auth: Any) -> Any:
     return token
 
 
-class SocketIOEndpoint:
+class SocketIOApp:
     """Accepts Socket.IO connections for one server (see the module docstring)."""
 
     def __init__(self, ctx: AppContext) -> None:

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from ..app.connect import SocketIOEndpoint
+from ..app.connect import SocketIOApp
 from ..app.context import AppContext
 from ..transport.endpoint import SOCKETIO_PATH, EngineEndpoint
 from ..transport.frontdoor import HttpRequest, HttpResponse, Router
@@ -19,7 +19,7 @@ __all__ = ["build_router"]
 def build_router(ctx: AppContext) -> Router:
     """The routes of one server."""
     router = Router()
-    engine = EngineEndpoint(SocketIOEndpoint(ctx))
+    engine = EngineEndpoint(SocketIOApp(ctx))
 
     async def healthz(request: HttpRequest) -> HttpResponse:
         if request.method not in ("GET", "HEAD"):

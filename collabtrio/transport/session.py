@@ -128,6 +128,12 @@ class SocketIOSession:
     namespace closed, the session forgotten by the application and the endpoint.
     """
 
+    # slots: an idle connection should cost as little memory as possible
+    __slots__ = ("_binary_size", "_cancel", "_connect_timer", "_finished", "_max_event_bytes",
+                 "_on_finish", "_ping_timer", "_probe", "_push", "app", "bucket",
+                 "close_reason", "decoder", "engine", "headers", "namespace", "poll",
+                 "posting", "query", "remote", "sid", "ws")
+
     def __init__(
         self,
         app: Application,
@@ -172,8 +178,7 @@ class SocketIOSession:
         self._ping_timer: TimerHandle | None = None
         self._connect_timer: TimerHandle | None = None
         self._binary_size = 0
-        self.posting = False
-        """A long-polling ``POST`` is being handled (one at a time)."""
+        self.posting = False  # a long-polling POST is being handled (one at a time)
 
     @property
     def connected(self) -> bool:
