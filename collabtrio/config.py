@@ -74,6 +74,12 @@ class Config:
         "origin (unsafe when clients authenticate with cookies); unset: same origin only.",
         group="transport",
     )
+    upgrade_timeout_s: float = _f(
+        10.0,
+        "A WebSocket probing a long-polling session must complete the upgrade within "
+        "this, or it is closed and the session stays on polling.",
+        group="transport",
+    )
     ping_interval_ms: int = _f(25000, "Engine.IO pingInterval.", group="transport")
     ping_timeout_ms: int = _f(
         20000, "Engine.IO pingTimeout: no pong within it disconnects.", group="transport"
@@ -185,8 +191,9 @@ class Config:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if self.connect_timeout_s <= 0 or self.http_keep_alive_s <= 0:
-            raise ValueError("connect_timeout_s and http_keep_alive_s must be positive")
+        if min(self.connect_timeout_s, self.http_keep_alive_s, self.upgrade_timeout_s) <= 0:
+            raise ValueError("connect_timeout_s, http_keep_alive_s and upgrade_timeout_s "
+                             "must be positive")
         if self.rate_limit_per_s <= 0 or self.room_idle_s < 0 or self.max_attachments < 0:
             raise ValueError("rate_limit_per_s must be positive, room_idle_s and "
                              "max_attachments not negative")

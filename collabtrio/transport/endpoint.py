@@ -29,6 +29,7 @@ from typing import Final
 import trio
 
 from ..protocol import engineio
+from ..protocol.outgoing import Outgoing
 from .cors import OriginPolicy
 from .frontdoor import HttpRequest, HttpResponse, first, send_error
 from .outbox import Outbox
@@ -55,6 +56,7 @@ _MESSAGES: Final = {
     BAD_VERSION: "Unsupported protocol version",
 }
 _TEXT: Final = "text/plain; charset=UTF-8"
+_NOOP: Final = Outgoing.engineio(engineio.NOOP_FRAME)
 
 
 class EngineError(Exception):
@@ -99,6 +101,11 @@ class EngineEndpoint:
             raise EngineError(400, UNKNOWN_SID)
         if session.transport != "polling" or session.poll is None:
             raise EngineError(400, BAD_REQUEST, "the session has upgraded to websocket")
+        if session.close_reason is not None and (request.method != "GET"
+                                                 or not len(session.poll)):
+            # closed: only its last packets (the close among them) are left to fetch
+            self._forget(session)
+            raise EngineError(400, UNKNOWN_SID)
         return session
 
     def _forget(self, session: SocketIOSession) -> None:
@@ -157,6 +164,8 @@ class EngineEndpoint:
             # the reference server's rule: overlapping polls are a client bug
             session.close("overlapping polls", notify=False)
             raise EngineError(400, BAD_REQUEST, "a poll is already waiting")
+        if session.poll_now() and not len(queue):
+            queue.push(_NOOP)  # upgrading: end this poll so the client can finish
         queue.waiting = True
         try:
             await queue.wait()
@@ -166,7 +175,10 @@ class EngineEndpoint:
             raise
         finally:
             queue.waiting = False
-        return queue.payload()
+        body = queue.payload()
+        if session.close_reason is not None:
+            self._forget(session)  # the closed session's last packets are fetched
+        return body
 
     async def _post(self, session: SocketIOSession, body: bytes) -> None:
         if session.posting:
@@ -182,6 +194,9 @@ class EngineEndpoint:
             await session.receive_polling(packets)
         finally:
             session.posting = False
+        reason = session.close_reason
+        if reason is not None and reason.startswith("protocol error"):
+            raise EngineError(400, BAD_REQUEST, reason)
 
     # -- WebSocket -----------------------------------------------------------------------
 

@@ -85,9 +85,10 @@ class PollQueue:
         self.closed = True
         self._lot.unpark_all()
 
-    def take(self) -> list[Outgoing]:
-        """Everything queued, oldest first, and the queue emptied."""
-        items = [out for out, _ in self._items]
+    def take(self) -> list[tuple[Outgoing, bool]]:
+        """Everything queued (each with its volatile flag), oldest first; the queue is
+        emptied."""
+        items = self._items
         self._items = []
         self._bytes = 0
         return items
@@ -99,5 +100,5 @@ class PollQueue:
 
     def payload(self) -> bytes:
         """Take everything queued as one long-polling body (UTF-8)."""
-        records = [r for out in self.take() for r in out.polling_records()]
+        records = [r for out, _ in self.take() for r in out.polling_records()]
         return engineio.RECORD_SEPARATOR.join(records).encode("utf-8")

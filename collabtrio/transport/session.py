@@ -130,7 +130,8 @@ class SocketIOSession:
 
     # slots: an idle connection should cost as little memory as possible
     __slots__ = ("_binary_size", "_cancel", "_connect_timer", "_finished", "_max_event_bytes",
-                 "_on_finish", "_ping_timer", "_probe", "_push", "app", "bucket",
+                 "_on_finish", "_ping_timer", "_probe", "_push", "_upgrade_timer", "app",
+                 "bucket",
                  "close_reason", "decoder", "engine", "headers", "namespace", "poll",
                  "posting", "query", "remote", "sid", "ws")
 
@@ -177,6 +178,7 @@ class SocketIOSession:
         self._cancel: trio.CancelScope | None = None
         self._ping_timer: TimerHandle | None = None
         self._connect_timer: TimerHandle | None = None
+        self._upgrade_timer: TimerHandle | None = None
         self._binary_size = 0
         self.posting = False  # a long-polling POST is being handled (one at a time)
 
@@ -192,6 +194,11 @@ class SocketIOSession:
             return self.ws.outbox
         assert self.poll is not None
         return self.poll
+
+    def poll_now(self) -> bool:
+        """A poll must be answered at once even with nothing to send: an upgrade is in
+        progress, and the client waits for its poll to end before it sends UPGRADE."""
+        return self._probe is not None and self.engine.probing is not None
 
     @property
     def probing(self) -> bool:
@@ -243,7 +250,8 @@ class SocketIOSession:
             assert poll is not None
             poll.push(_NOOP if by_client else _CLOSE)
             poll.close()
-            self._finish()
+            # a graceful kick (a DISCONNECT was queued) waits for the client's next poll
+            self._finish(linger=notify)
 
     def disconnect_slow_consumer(self) -> None:
         """Drop what is queued and disconnect: the client recovers with ``join {since}``."""
@@ -316,13 +324,23 @@ class SocketIOSession:
         """Serve the WebSocket a polling session probes: the probe, the ``UPGRADE``,
         then everything, until the session ends.
 
-        If the WebSocket goes away (or breaks the protocol) before ``UPGRADE``, the
-        upgrade is abandoned and the session carries on over long-polling.
+        If the WebSocket goes away (or breaks the protocol, or has not upgraded within
+        ``upgrade_timeout_s``) before ``UPGRADE``, the upgrade is abandoned and the
+        session carries on over long-polling.
         """
         self._probe = ws
+
+        def too_slow() -> None:
+            if self._probe is ws:
+                log.info("%s: upgrade abandoned: no UPGRADE in time", self.sid)
+                ws.close(CLOSE_POLICY, "upgrade timeout")
+
+        self._upgrade_timer = self.app.timers.call_later(self.app.config.upgrade_timeout_s,
+                                                         too_slow)
         try:
             await self._read(ws)
         finally:
+            self._upgrade_timer.cancel()
             if self.ws is ws:
                 self._finish()
             else:  # never upgraded
@@ -375,8 +393,8 @@ class SocketIOSession:
             return False
         if type(event) is UpgradeProbe:
             ws.outbox.send(_PROBE_PONG)
-            if self.poll is not None:
-                self.poll.push(_NOOP)  # release a waiting GET: the client pauses polling
+            if self.poll is not None and self.poll.waiting:
+                self.poll.push(_NOOP)  # release the waiting GET: the client pauses polling
         elif type(event) is Upgraded:
             self._switch_to(ws)
         elif type(event) is Closed:
@@ -389,12 +407,15 @@ class SocketIOSession:
         everything else; a waiting ``GET`` is released with a ``noop``."""
         poll = self.poll
         assert poll is not None
-        for out in poll.take():
-            ws.outbox.send(out)
+        if self._upgrade_timer is not None:
+            self._upgrade_timer.cancel()
+        waiting = [item for item in poll.take() if item[0] is not _NOOP]
         poll.push(_NOOP)
         poll.close()
         self.ws, self.poll, self._probe = ws, None, None
         self._push = ws.outbox.send
+        for out, volatile in waiting:
+            self.send(out, volatile)  # a queue that overflows here is a slow consumer
 
     def _start_connect_timer(self) -> None:
         # an unauthenticated socket must not hold a connection slot for ever
@@ -406,7 +427,7 @@ class SocketIOSession:
             log.info("closing %s: no Socket.IO CONNECT in time", self.sid)
             self.close("connect timeout", CLOSE_POLICY, notify=False)
 
-    def _finish(self) -> None:
+    def _finish(self, *, linger: bool = False) -> None:
         if self._finished:
             return
         self._finished = True
@@ -425,7 +446,16 @@ class SocketIOSession:
                 namespace.on_close()
         finally:
             self.outbox.close()
-            if self._on_finish is not None:
+            poll = self.poll
+            if linger and poll is not None and not poll.waiting and len(poll) and (
+                    self._on_finish):
+                # a long-polling client kicked between two polls: its next poll gets the
+                # DISCONNECT and the close, as the reference server lets the buffer
+                # drain first; unclaimed, they go after a ping interval
+                on_finish = self._on_finish
+                self.app.timers.call_later(self.engine.ping_interval_ms / 1000,
+                                           lambda: on_finish(self))
+            elif self._on_finish is not None:
                 self._on_finish(self)
 
     async def _on_message(self, message: str | bytes, via: Transport) -> None:
