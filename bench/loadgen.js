@@ -20,12 +20,25 @@
 // the server's CPU counters at the right moment.
 //
 // Targets:
-//   collabtrio  stock socket.io-client v4, websocket transport only; join with ack, publish with
+//   collabtrio  stock socket.io-client v4; join with ack, publish with
 //               socket.emit("broadcast", {room, event: "tick", data}); subscribers listen to the
-//               "broadcast" event.
+//               "broadcast" event. Also the target for bench/psio_server.py (python-socketio),
+//               which implements the same two events.
 //   floor       the `ws` package against bench/floor_server.py: first frame {"join": room}, the
 //               server answers {"joined": room}; then frames {"room", "event": "tick", "data"}
 //               that the floor relays verbatim.
+//
+// --transports (collabtrio target; subscribers and publisher alike):
+//   websocket   transports: ["websocket"] (the default): straight to WebSocket, no polling.
+//   polling     transports: ["polling"]: HTTP long-polling only, never upgrades.
+//   default     socket.io-client's own defaults: starts on long-polling and upgrades to
+//               WebSocket; a client counts as ready only once it has joined *and* upgraded
+//               (an upgrade error fails the run).
+// The result line's `transports_at_go` / `transports_at_end` count the clients by the transport
+// their Engine.IO socket was on when the measurement started and when it ended.
+// --keep-alive (polling) gives each client its own keep-alive http.Agent, as a browser reuses
+// its connections; without it socket.io-client in Node (agent: false) opens a new TCP
+// connection for every poll and every POST.
 "use strict";
 
 const { performance } = require("node:perf_hooks");
@@ -33,6 +46,9 @@ const readline = require("node:readline");
 
 // ---------------------------------------------------------------------------------------------
 // arguments
+
+// --transports NAME -> socket.io-client's `transports` option (null: leave the default)
+const TRANSPORTS = { websocket: ["websocket"], polling: ["polling"], default: null };
 
 function parseArgs(argv) {
   const opts = {
@@ -52,6 +68,9 @@ function parseArgs(argv) {
     connectTimeout: 20,
     waitGo: false,
     latencyTrace: "",
+    transports: "websocket",
+    keepAlive: false,
+    pollingClient: "xhr",
   };
   const numeric = new Set([
     "subscribers", "events", "payloadBytes", "rate", "duration", "connections", "rooms",
@@ -76,6 +95,11 @@ function parseArgs(argv) {
     throw new Error("--mode throughput|latency|idle");
   }
   if (!opts.url) throw new Error("--url http://127.0.0.1:PORT is required");
+  if (!(opts.transports in TRANSPORTS)) throw new Error("--transports websocket|polling|default");
+  if (!["xhr", "fetch"].includes(opts.pollingClient)) throw new Error("--polling-client xhr|fetch");
+  if (opts.target === "floor" && opts.transports !== "websocket") {
+    throw new Error("the floor speaks plain WebSocket only: --transports websocket");
+  }
   return opts;
 }
 
@@ -104,13 +128,28 @@ function withTimeout(promise, seconds, what) {
 }
 
 class CollabtrioClient {
-  constructor(url, room) {
+  constructor(url, room, transports = "websocket", keepAlive = false, pollingClient = "xhr") {
     const { io } = require("socket.io-client");
     this.room = room;
     this.onTick = null;
     this.onClose = null;
     this.closed = false;
-    this.socket = io(url, { transports: ["websocket"], forceNew: true, reconnection: false });
+    const ioOpts = { forceNew: true, reconnection: false };
+    if (TRANSPORTS[transports]) ioOpts.transports = TRANSPORTS[transports];
+    if (pollingClient === "fetch") {
+      const eio = require("engine.io-client");
+      const map = { polling: eio.Fetch, websocket: eio.NodeWebSocket };
+      ioOpts.transports = (ioOpts.transports || ["polling", "websocket"]).map((n) => map[n]);
+    }
+    if (keepAlive) ioOpts.agent = new (require("node:http").Agent)({ keepAlive: true });
+    this.socket = io(url, ioOpts);
+    const engine = this.socket.io.engine;
+    // with the default transports, ready also means "upgraded to WebSocket"
+    const upgraded = transports !== "default" ? Promise.resolve() : new Promise((resolve, reject) => {
+      if (engine.transport && engine.transport.name === "websocket") return resolve();
+      engine.once("upgrade", () => resolve());
+      engine.once("upgradeError", (err) => reject(new Error(`upgrade failed: ${err.message}`)));
+    });
     this.socket.on("broadcast", (msg) => {
       if (this.onTick && msg && msg.event === "tick") this.onTick(msg.data);
     });
@@ -118,7 +157,7 @@ class CollabtrioClient {
       this.closed = true;
       if (this.onClose) this.onClose(reason);
     });
-    this.ready = new Promise((resolve, reject) => {
+    const joined = new Promise((resolve, reject) => {
       this.socket.once("connect_error", (err) => reject(new Error(`connect_error: ${err.message}`)));
       this.socket.once("connect", () => {
         this.socket.emit("join", { room }, (ack) => {
@@ -127,6 +166,12 @@ class CollabtrioClient {
         });
       });
     });
+    this.ready = Promise.all([joined, upgraded]);
+  }
+
+  transport() {
+    const engine = this.socket.io.engine;
+    return engine && engine.transport ? engine.transport.name : "closed";
   }
 
   publish(data) {
@@ -177,11 +222,15 @@ class FloorClient {
   close() {
     this.ws.close();
   }
+
+  transport() {
+    return "websocket";
+  }
 }
 
 function makeClient(opts, room) {
   return opts.target === "collabtrio"
-    ? new CollabtrioClient(opts.url, room)
+    ? new CollabtrioClient(opts.url, room, opts.transports, opts.keepAlive, opts.pollingClient)
     : new FloorClient(opts.url, room);
 }
 
@@ -240,6 +289,16 @@ function waitForGo(opts, extra) {
     rl.once("line", done);
     rl.once("close", done);
   });
+}
+
+// {transport name: clients on it}
+function countTransports(clients) {
+  const counts = {};
+  for (const c of clients) {
+    const name = c ? c.transport() : "missing";
+    counts[name] = (counts[name] || 0) + 1;
+  }
+  return counts;
 }
 
 function summarize(sorted) {
@@ -303,6 +362,7 @@ async function throughput(opts) {
   publisher.onClose = () => disconnects++;
 
   await waitForGo(opts, { clients: clients.length });
+  const transportsAtGo = countTransports(clients);
   const cpu0 = process.cpuUsage();
   const makePayload = makePayloadFactory(opts.payloadBytes);
   const payloadBytes = JSON.stringify(makePayload(Math.floor(E / 2))).length;
@@ -339,6 +399,9 @@ async function throughput(opts) {
     echoes_to_sender: echoes,
     disconnects,
     node_cpu_s: Math.round(((cpu.user + cpu.system) / 1e6) * 1e6) / 1e6,
+    transports: opts.transports,
+    transports_at_go: transportsAtGo,
+    transports_at_end: countTransports(clients),
   };
   return { result, clients };
 }
@@ -376,6 +439,8 @@ async function latency(opts) {
   publisher.onClose = () => disconnects++;
 
   await waitForGo(opts, { clients: clients.length });
+  const transportsAtGo = countTransports(clients);
+  const cpu0 = process.cpuUsage();
   const makePayload = makePayloadFactory(opts.payloadBytes);
   const intervalMs = 1000 / opts.rate;
   const start = performance.now();
@@ -401,6 +466,8 @@ async function latency(opts) {
     new Promise((resolve) => (timer = setTimeout(() => resolve("timeout"), 5000))),
   ]);
   clearTimeout(timer);
+  const cpu = process.cpuUsage(cpu0);
+  const transportsAtEnd = countTransports(clients);
 
   if (opts.latencyTrace) {
     const lines = ["seq,sent_ms,worst_latency_ms"];
@@ -423,6 +490,10 @@ async function latency(opts) {
     timed_out: outcome === "timeout",
     echoes_to_sender: echoes,
     disconnects,
+    node_cpu_s: Math.round(((cpu.user + cpu.system) / 1e6) * 1e6) / 1e6,
+    transports: opts.transports,
+    transports_at_go: transportsAtGo,
+    transports_at_end: transportsAtEnd,
     ...summarize(sorted),
   };
   return { result, clients };
@@ -457,6 +528,8 @@ async function idle(opts) {
     held_ms: Math.round(heldMs),
     still_open: stillOpen,
     disconnects,
+    transports: opts.transports,
+    transports_at_end: countTransports(clients),
   };
   return { result, clients };
 }

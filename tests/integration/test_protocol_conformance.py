@@ -15,8 +15,8 @@ identifies its user).
 Where a suite check relies on its reference test server (an echo ``message`` event,
 an ``auth`` event echoing the CONNECT payload, a ``/custom`` namespace, the
 ``/engine.io/`` path), the test checks collabtrio's equivalent behaviour and its
-docstring says so. The HTTP long-polling checks do not apply (this version has no
-long-polling); what collabtrio answers instead is checked at the end of this file.
+docstring says so. The HTTP long-polling checks are in ``test_polling.py``; the polling
+handshake's refusals are at the end of this file.
 
 Suite check (EIO = Engine.IO v4 suite, SIO = Socket.IO v5 suite) -> test:
 
@@ -24,7 +24,7 @@ Suite check (EIO = Engine.IO v4 suite, SIO = Socket.IO v5 suite) -> test:
 - EIO/SIO handshake, WebSocket, invalid EIO -> test_websocket_with_bad_eio_is_refused
 - EIO/SIO handshake, WebSocket, invalid transport -> test_websocket_with_bad_transport_is_refused
 - EIO/SIO handshake, polling, invalid EIO / transport / method ->
-  test_plain_http_to_socketio_path_is_refused (every polling request gets 400)
+  test_bad_polling_handshake_is_refused (the rest of polling: test_polling.py)
 - EIO message, WebSocket, plain text packet -> the SIO message tests (collabtrio reads
   every Engine.IO message as a Socket.IO packet: there is no echo)
 - EIO message, WebSocket, binary packet -> test_stray_binary_message_*

@@ -22,10 +22,41 @@
 //   sleep      {ms}                               -> null
 //   disconnect {client}                           -> null
 //
+// Actions for the long-polling tests (test_node_polling.py):
+//
+//   connectTracked {client, auth?, query?, options?, holdUpgrade?}
+//                                                 -> like connect with defaults: true, plus
+//                                                    openedWith (the transport the session
+//                                                    opened on); the transport each event
+//                                                    arrives on is recorded (see collect).
+//                                                    holdUpgrade: true opens the WebSocket
+//                                                    the upgrade probes only at releaseUpgrade
+//                                                    (the transports are then engine.io-
+//                                                    client's own NodeXHR and a NodeWebSocket
+//                                                    whose open waits)
+//   releaseUpgrade {client}                       -> null (the held WebSocket opens now)
+//   publish    {client, room, count, event?, every?, batch?}
+//                                                 -> null at once; in the background, emits
+//                                                    `count` acked broadcast {room, event,
+//                                                    data: {n: 0..count-1}}, `batch` at a
+//                                                    time, `every` ms apart (0: as fast as
+//                                                    the event loop goes)
+//   sentSoFar  {client}                           -> how many its publish has emitted so far
+//   published  {client}                           -> {sent, ok, errors} once every ack of
+//                                                    the client's publish arrived
+//   collect    {client, event, count?, until?}    -> [[payload, transport], ...]: the first
+//                                                    `count` events named `event` once that
+//                                                    many arrived, or (until: a match, as in
+//                                                    wait) all of them up to the first that
+//                                                    matches; each with the transport it
+//                                                    arrived on (null unless connectTracked)
+//
 // Bytes travel as {"$bytes": "<hex>"} in the scenario and in the results; they are real
 // Buffers (Socket.IO binary attachments) on the wire.
 
 import { io } from "socket.io-client";
+// a dependency of socket.io-client (its Engine.IO transports), for holdUpgrade
+import { NodeWebSocket, NodeXHR } from "engine.io-client";
 
 function fromJson(value) {
   if (Array.isArray(value)) return value.map(fromJson);
@@ -65,6 +96,18 @@ function withTimeout(promise, ms, what) {
     timer = setTimeout(() => reject(new Error(`timeout after ${ms} ms: ${what}`)), ms);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+// A WebSocket transport whose open waits for `gate`: the upgrade probe starts at once,
+// as engine.io-client does, but its WebSocket connects only when the gate opens.
+function heldWebSocket(gate) {
+  return class HeldWebSocket extends NodeWebSocket {
+    doOpen() {
+      gate.then(() => {
+        if (this.readyState === "opening") super.doOpen();
+      });
+    }
+  };
 }
 
 async function readScenario() {
@@ -184,6 +227,113 @@ async function main() {
               timeoutMs, `${name}: upgrade`);
           }
           results.push(engine.transport.name);
+          break;
+        }
+        case "connectTracked": {
+          let release = null;
+          const gate = new Promise((resolve) => {
+            release = resolve;
+          });
+          const socket = io(scenario.url, {
+            reconnection: false,
+            forceNew: true,
+            timeout: timeoutMs,
+            ...(step.auth !== undefined ? { auth: step.auth } : {}),
+            ...(step.query ? { query: step.query } : {}),
+            ...(step.options ?? {}),
+            ...(step.holdUpgrade ? { transports: [NodeXHR, heldWebSocket(gate)] } : {}),
+          });
+          const record = { socket, events: [], disconnects: [], transports: [], release };
+          clients.set(name, record);
+          socket.io.once("open", () => {
+            record.openedWith = socket.io.engine.transport.name;
+          });
+          socket.onAny((event, ...args) => {
+            record.events.push([event, args.length === 1 ? args[0] : args]);
+            record.transports.push(socket.io.engine.transport.name);
+          });
+          socket.on("disconnect", (reason) => record.disconnects.push(reason));
+          const outcome = await withTimeout(
+            new Promise((resolve) => {
+              socket.once("connect", () =>
+                resolve({ ok: true, id: socket.id, openedWith: record.openedWith ?? null }),
+              );
+              socket.once("connect_error", (err) =>
+                resolve({ ok: false, message: err.message, data: err.data ?? null }),
+              );
+            }),
+            timeoutMs + 1000,
+            `connect ${name}`,
+          );
+          results.push(outcome);
+          break;
+        }
+        case "releaseUpgrade": {
+          const c = client(name);
+          if (!c.release) throw new Error(`${name} was not connected with connectTracked`);
+          c.release();
+          results.push(null);
+          break;
+        }
+        case "publish": {
+          const c = client(name);
+          const batch = step.batch ?? 1;
+          const every = step.every ?? 0;
+          c.sent = 0;
+          c.publishing = (async () => {
+            const acks = [];
+            for (let n = 0; n < step.count; n++) {
+              c.sent = n + 1;
+              acks.push(
+                c.socket
+                  .timeout(timeoutMs)
+                  .emitWithAck("broadcast", { room: step.room, event: step.event ?? "n", data: { n } })
+                  .catch((err) => ({ ok: false, error: String(err) })),
+              );
+              if ((n + 1) % batch === 0) {
+                await new Promise((resolve) =>
+                  every > 0 ? setTimeout(resolve, every) : setImmediate(resolve),
+                );
+              }
+            }
+            const answers = await Promise.all(acks);
+            const errors = answers.filter((a) => !a || a.ok !== true).slice(0, 5);
+            return { sent: step.count, ok: answers.filter((a) => a && a.ok === true).length, errors };
+          })();
+          results.push(null);
+          break;
+        }
+        case "sentSoFar":
+          results.push(client(name).sent ?? 0);
+          break;
+        case "published": {
+          const c = client(name);
+          if (!c.publishing) throw new Error(`${name} is not publishing`);
+          results.push(toJson(await c.publishing));
+          break;
+        }
+        case "collect": {
+          const c = client(name);
+          const picked = () => {
+            const out = [];
+            c.events.forEach(([event, payload], i) => {
+              if (event === step.event) out.push([payload, c.transports?.[i] ?? null]);
+            });
+            return out;
+          };
+          const found = await waitUntil(
+            () => {
+              const out = picked();
+              if (step.until) {
+                const end = out.findIndex(([payload]) => matches(payload, step.until));
+                return end >= 0 ? out.slice(0, end + 1) : undefined;
+              }
+              return out.length >= step.count ? out.slice(0, step.count) : undefined;
+            },
+            `${name} collecting ${step.count ?? JSON.stringify(step.until)} ${step.event}; ` +
+              `got ${picked().length}`,
+          );
+          results.push(toJson(found));
           break;
         }
         default:
