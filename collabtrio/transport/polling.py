@@ -24,7 +24,12 @@ from ..protocol import engineio
 from ..protocol.outgoing import Outgoing
 from .outbox import BURST_FACTOR
 
-__all__ = ["PollQueue"]
+__all__ = ["MAX_PACKETS_PER_POLL", "PollQueue"]
+
+MAX_PACKETS_PER_POLL = 16
+"""Packets in one poll's answer at most: python-engineio's client refuses a payload of
+more than 16 packets (``Payload.max_decode_packets``) and drops the connection, so a
+burst goes out over several polls (Engine.IO allows any split)."""
 
 
 def _size(out: Outgoing) -> int:
@@ -98,7 +103,21 @@ class PollQueue:
         while not self._items and not self.closed:
             await self._lot.park()
 
-    def payload(self) -> bytes:
-        """Take everything queued as one long-polling body (UTF-8)."""
-        records = [r for out, _ in self.take() for r in out.polling_records()]
+    def payload(self, max_packets: int = MAX_PACKETS_PER_POLL) -> bytes:
+        """Take what is queued as one long-polling body (UTF-8): whole messages, at most
+        ``max_packets`` Engine.IO packets (but always the first message), the rest left
+        for the next poll (which is then answered at once)."""
+        records: list[str] = []
+        taken = 0
+        for out, _ in self._items:
+            more = out.polling_records()
+            if records and len(records) + len(more) > max_packets:
+                break
+            records.extend(more)
+            taken += 1
+        if taken == len(self._items):
+            self.take()
+        else:
+            del self._items[:taken]
+            self._bytes = sum(_size(out) for out, _ in self._items)
         return engineio.RECORD_SEPARATOR.join(records).encode("utf-8")
