@@ -41,7 +41,7 @@
 // connection for every poll and every POST.
 "use strict";
 
-const { performance } = require("node:perf_hooks");
+const { performance, monitorEventLoopDelay } = require("node:perf_hooks");
 const readline = require("node:readline");
 
 // ---------------------------------------------------------------------------------------------
@@ -70,7 +70,6 @@ function parseArgs(argv) {
     latencyTrace: "",
     transports: "websocket",
     keepAlive: false,
-    pollingClient: "xhr",
   };
   const numeric = new Set([
     "subscribers", "events", "payloadBytes", "rate", "duration", "connections", "rooms",
@@ -96,7 +95,6 @@ function parseArgs(argv) {
   }
   if (!opts.url) throw new Error("--url http://127.0.0.1:PORT is required");
   if (!(opts.transports in TRANSPORTS)) throw new Error("--transports websocket|polling|default");
-  if (!["xhr", "fetch"].includes(opts.pollingClient)) throw new Error("--polling-client xhr|fetch");
   if (opts.target === "floor" && opts.transports !== "websocket") {
     throw new Error("the floor speaks plain WebSocket only: --transports websocket");
   }
@@ -128,7 +126,7 @@ function withTimeout(promise, seconds, what) {
 }
 
 class CollabtrioClient {
-  constructor(url, room, transports = "websocket", keepAlive = false, pollingClient = "xhr") {
+  constructor(url, room, transports = "websocket", keepAlive = false) {
     const { io } = require("socket.io-client");
     this.room = room;
     this.onTick = null;
@@ -136,11 +134,6 @@ class CollabtrioClient {
     this.closed = false;
     const ioOpts = { forceNew: true, reconnection: false };
     if (TRANSPORTS[transports]) ioOpts.transports = TRANSPORTS[transports];
-    if (pollingClient === "fetch") {
-      const eio = require("engine.io-client");
-      const map = { polling: eio.Fetch, websocket: eio.NodeWebSocket };
-      ioOpts.transports = (ioOpts.transports || ["polling", "websocket"]).map((n) => map[n]);
-    }
     if (keepAlive) ioOpts.agent = new (require("node:http").Agent)({ keepAlive: true });
     this.socket = io(url, ioOpts);
     const engine = this.socket.io.engine;
@@ -230,7 +223,7 @@ class FloorClient {
 
 function makeClient(opts, room) {
   return opts.target === "collabtrio"
-    ? new CollabtrioClient(opts.url, room, opts.transports, opts.keepAlive, opts.pollingClient)
+    ? new CollabtrioClient(opts.url, room, opts.transports, opts.keepAlive)
     : new FloorClient(opts.url, room);
 }
 
@@ -441,6 +434,9 @@ async function latency(opts) {
   await waitForGo(opts, { clients: clients.length });
   const transportsAtGo = countTransports(clients);
   const cpu0 = process.cpuUsage();
+  // how late this process's event loop ran a 5 ms timer: a busy loop delays deliveries too
+  const loopDelay = monitorEventLoopDelay({ resolution: 5 });
+  loopDelay.enable();
   const makePayload = makePayloadFactory(opts.payloadBytes);
   const intervalMs = 1000 / opts.rate;
   const start = performance.now();
@@ -467,6 +463,7 @@ async function latency(opts) {
   ]);
   clearTimeout(timer);
   const cpu = process.cpuUsage(cpu0);
+  loopDelay.disable();
   const transportsAtEnd = countTransports(clients);
 
   if (opts.latencyTrace) {
@@ -494,6 +491,10 @@ async function latency(opts) {
     transports: opts.transports,
     transports_at_go: transportsAtGo,
     transports_at_end: transportsAtEnd,
+    // event-loop delay beyond the 5 ms timer period, ms (perf_hooks histogram, ns)
+    loop_delay_p50_ms: Math.max(0, Math.round((loopDelay.percentile(50) / 1e6 - 5) * 1000) / 1000),
+    loop_delay_p99_ms: Math.max(0, Math.round((loopDelay.percentile(99) / 1e6 - 5) * 1000) / 1000),
+    loop_delay_max_ms: Math.max(0, Math.round((loopDelay.max / 1e6 - 5) * 1000) / 1000),
     ...summarize(sorted),
   };
   return { result, clients };
