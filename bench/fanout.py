@@ -1,20 +1,27 @@
-"""Fan-out benchmark: collabtrio against the trio-websocket floor, load driven from Node.
+"""Fan-out benchmark: collabtrio against the trio-websocket floor and python-socketio,
+load driven from Node.
 
 One command runs everything (see bench/README.md)::
 
     bash bench/setup.sh && .venv/bin/python bench/fanout.py
 
-For each target (``floor``: bench/floor_server.py, ``collabtrio``: ``collabtrio serve``) it
+For each target (``floor``: bench/floor_server.py, ``collabtrio``: ``collabtrio serve``,
+``psio``: bench/psio_server.py, python-socketio's AsyncServer under uvicorn) it
 
 1. starts the server pinned to one CPU and waits for its port;
 2. warms it up with one connection that joins and leaves, then samples its RSS;
 3. *idle*: opens 1000 joined connections over 100 rooms and samples RSS again;
 4. *throughput*: 100 subscribers + 1 publisher, 2000 events fired back to back
    (``--repeat K`` runs it K times), sampling server and Node CPU over the run;
-5. *latency*: the publisher sends 100 events/s for 10 s; per-delivery latency.
+5. *latency*: the publisher sends 100 events/s for 10 s; per-delivery latency;
+6. *upgraded* (collabtrio): throughput and latency again with clients on socket.io-client's
+   default transports, each one started on long-polling and upgraded to WebSocket before
+   the measurement;
+7. *polling* (collabtrio, psio): the latency test with every client on
+   ``transports: ["polling"]``: deliveries, latency, server CPU per delivery.
 
-It prints a table with collabtrio/floor ratios and writes all figures to
-bench/results/fanout-<timestamp>.json.
+It prints a table with collabtrio/floor and collabtrio/psio ratios, the upgraded and polling
+tables, and writes all figures to bench/results/fanout-<timestamp>.json.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +54,12 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 LOADGEN = BENCH / "loadgen.js"
 FLOOR = BENCH / "floor_server.py"
+PSIO = BENCH / "psio_server.py"
 RESULTS = BENCH / "results"
-TARGETS = ("floor", "collabtrio")
+TARGETS = ("floor", "collabtrio", "psio")
+REFERENCES = ("floor", "psio")  # the table's collabtrio/<reference> ratio columns
+# loadgen.js --target for each server: psio speaks the same events as collabtrio
+LOADGEN_TARGET = {"floor": "floor", "collabtrio": "collabtrio", "psio": "collabtrio"}
 
 
 class BenchError(RuntimeError):
@@ -327,7 +339,8 @@ class Ctx:
     @contextlib.contextmanager
     def loadgen(self, target: str, port: int, mode: str, *extra: str) -> Iterator[Loadgen]:
         argv = [
-            "--target", target, "--url", f"http://127.0.0.1:{port}", "--mode", mode, *extra,
+            "--target", LOADGEN_TARGET.get(target, target), "--url", f"http://127.0.0.1:{port}",
+            "--mode", mode, *extra,
         ]  # fmt: skip
         lg = Loadgen(self.pin.loadgen, self.node, argv, self.workdir)
         self.live.append(lg)
@@ -397,12 +410,46 @@ def run_idle(ctx: Ctx, server: Server) -> dict[str, Any]:
     return out
 
 
-def run_throughput(ctx: Ctx, server: Server) -> dict[str, Any]:
+def transport_args(ctx: Ctx, transports: str) -> list[str]:
+    """loadgen.js options for clients on ``transports`` (websocket: none, as before)."""
+    if transports == "websocket":
+        return []
+    extra = ["--transports", transports]
+    http = ctx.args.polling_http
+    extra += ["--polling-http", "raw"] if http == "raw" else ["--polling-http", "xhr"]
+    if http == "xhr":
+        extra.append("--keep-alive")
+    return extra
+
+
+def check_transports(result: dict[str, Any], transports: str, clients: int) -> str | None:
+    """Why the clients were not all on the transport the scenario is about, or None."""
+    want = {"websocket": "websocket", "default": "websocket", "polling": "polling"}[transports]
+    for when in ("transports_at_go", "transports_at_end"):
+        counts = result.get(when)
+        if counts is not None and counts != {want: clients}:
+            return f"expected all {clients} clients on {want} ({when}), got {counts}"
+    return None
+
+
+def psio_stats(server: Server) -> dict[str, Any] | None:
+    """bench/psio_server.py's session counts by transport (GET /bench-stats), or None."""
+    if server.target != "psio":
+        return None
+    url = f"http://127.0.0.1:{server.port}/bench-stats"
+    with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=5) as resp:
+        stats: dict[str, Any] = json.loads(resp.read())
+        return stats
+    return None
+
+
+def run_throughput(ctx: Ctx, server: Server, transports: str = "websocket") -> dict[str, Any]:
     a = ctx.args
     with ctx.loadgen(
         server.target, server.port, "throughput", "--wait-go",
         "--subscribers", str(a.subscribers), "--events", str(a.events),
         "--payload-bytes", str(a.payload_bytes), "--timeout", str(a.timeout),
+        *transport_args(ctx, transports),
     ) as lg:  # fmt: skip
         lg.read(timeout=120)  # {"phase": "ready"}: everyone joined
         assert server.proc is not None
@@ -438,25 +485,95 @@ def run_throughput(ctx: Ctx, server: Server) -> dict[str, Any]:
         result["server_runqueue_wait_pct"] = 100.0 * (srv_wait1 - srv_wait0) / wall
     if node_wait0 is not None and node_wait1 is not None:
         result["node_runqueue_wait_pct"] = 100.0 * (node_wait1 - node_wait0) / wall
+    problem = check_transports(result, transports, a.subscribers + 1)
+    if problem is not None:
+        result["transport_warning"] = problem
     return result
 
 
-def run_latency(ctx: Ctx, server: Server) -> dict[str, Any]:
+def run_latency(
+    ctx: Ctx,
+    server: Server,
+    transports: str = "websocket",
+    label: str = "latency",
+    rate: int | None = None,
+    duration: float | None = None,
+    subscribers: int | None = None,
+) -> dict[str, Any]:
+    """R events/s for S s to the room; latency percentiles, and the server's and Node's CPU
+    from the first send to the result (the clients join before the clock starts)."""
     a = ctx.args
+    rate = a.latency_rate if rate is None else rate
+    duration = a.latency_duration if duration is None else duration
+    subscribers = a.subscribers if subscribers is None else subscribers
     extra: list[str] = []
-    trace = RESULTS / f"fanout-{ctx.stamp}-{server.target}-latency.csv"
+    trace = RESULTS / f"fanout-{ctx.stamp}-{server.target}-{label}.csv"
     if a.latency_trace:
         RESULTS.mkdir(parents=True, exist_ok=True)
         extra = ["--latency-trace", str(trace)]
     with ctx.loadgen(
-        server.target, server.port, "latency",
-        "--subscribers", str(a.subscribers), "--rate", str(a.latency_rate),
-        "--duration", str(a.latency_duration), "--payload-bytes", str(a.payload_bytes),
-        *extra,
+        server.target, server.port, "latency", "--wait-go",
+        "--subscribers", str(subscribers), "--rate", str(rate),
+        "--duration", str(duration), "--payload-bytes", str(a.payload_bytes),
+        *transport_args(ctx, transports), *extra,
     ) as lg:  # fmt: skip
-        result = lg.read(timeout=120 + a.latency_duration)
+        lg.read(timeout=120)  # {"phase": "ready"}: everyone joined (and upgraded)
+        assert server.proc is not None
+        stats0 = psio_stats(server)
+        srv_wait0 = runqueue_wait_seconds(server.proc.pid)
+        node_wait0 = runqueue_wait_seconds(lg.proc.pid)
+        cpus0 = percpu_snapshot()
+        srv0, node0, t0 = server.cpu_seconds(), lg.cpu_seconds(), time.perf_counter()
+        lg.send_line("go")
+        result = lg.read(timeout=duration + 60)
+        srv1, node1, t1 = server.cpu_seconds(), lg.cpu_seconds(), time.perf_counter()
+        cpus1 = percpu_snapshot()
+        srv_wait1 = runqueue_wait_seconds(server.proc.pid)
+        node_wait1 = runqueue_wait_seconds(lg.proc.pid)
+        stats1 = psio_stats(server)
         lg.finish()
     server.check_alive()
+    wall = t1 - t0
+    srv_cpu = srv1 - srv0
+    node_cpu = node1 - node0
+    delivered = int(result["delivered"])
+    result.update(
+        {
+            "window_s": wall,
+            "server_cpu_s": srv_cpu,
+            "server_cpu_pct": 100.0 * srv_cpu / wall,
+            "node_cpu_s_psutil": node_cpu,
+            "node_cpu_pct": 100.0 * node_cpu / wall,
+            "server_cpu_us_per_delivery": (1e6 * srv_cpu / delivered) if delivered else None,
+            "node_cpu_us_per_delivery": (1e6 * node_cpu / delivered) if delivered else None,
+            "server_cpu_breakdown_pct": cpu_breakdown(cpus0, cpus1, ctx.pin.server_cpu),
+            "loadgen_cpu_breakdown_pct": cpu_breakdown(cpus0, cpus1, ctx.pin.loadgen_cpu),
+        }
+    )
+    if srv_wait0 is not None and srv_wait1 is not None:
+        result["server_runqueue_wait_pct"] = 100.0 * (srv_wait1 - srv_wait0) / wall
+    if node_wait0 is not None and node_wait1 is not None:
+        result["node_runqueue_wait_pct"] = 100.0 * (node_wait1 - node_wait0) / wall
+    polls = result.get("polls")
+    if polls:
+        # a saturated server answers fewer, fuller polls: CPU per delivery then tends to
+        # wall / deliveries for any server, and CPU per answered poll tells them apart
+        result["deliveries_per_poll"] = delivered / polls
+        result["server_cpu_us_per_poll"] = 1e6 * srv_cpu / polls
+    if stats0 is not None and stats1 is not None:
+        # what the server saw: its open Engine.IO sessions by transport when the clock
+        # started (at the end the clients are already closing), and connections by the
+        # transport they connected on: since the server started, and during the run (none)
+        result["server_sessions_at_go"] = stats0.get("open_by_transport")
+        before = stats0.get("connected_since_start_on") or {}
+        after = stats1.get("connected_since_start_on") or {}
+        result["server_connected_since_start_on"] = after
+        result["server_connects_during_run"] = {
+            k: after.get(k, 0) - before.get(k, 0) for k in after
+        }
+    problem = check_transports(result, transports, subscribers + 1)
+    if problem is not None:
+        result["transport_warning"] = problem
     if a.latency_trace:
         result["trace_csv"] = str(trace)
     return result
@@ -484,9 +601,29 @@ def summarize_throughput(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+POLLING_TARGETS = ("collabtrio", "psio")
+SATURATED_PCT = 90.0  # server CPU % from which the polling CPU-per-delivery goal is moot
+POLLING_HTTP = {
+    "raw": "loadgen.js's keep-alive HTTP/1.1 client",
+    "xhr": "socket.io-client's xmlhttprequest-ssl, keep-alive agent",
+    "xhr-close": "socket.io-client's xmlhttprequest-ssl, a new connection per request",
+}
+
+
+def polling_load(args: argparse.Namespace) -> tuple[int, float, int]:
+    """The polling scenario's rate, duration and subscribers (the latency test's unless
+    given)."""
+    rate = args.latency_rate if args.polling_rate is None else args.polling_rate
+    duration = args.latency_duration if args.polling_duration is None else args.polling_duration
+    subs = args.subscribers if args.polling_subscribers is None else args.polling_subscribers
+    return rate, duration, subs
+
+
 def server_argv(target: str, port: int, workdir: Path, args: argparse.Namespace) -> list[str]:
     if target == "floor":
         return [args.python, str(FLOOR), "--port", str(port)]
+    if target == "psio":
+        return [args.python, str(PSIO), "--port", str(port), "--ws", args.psio_ws]
     return [
         args.collabtrio, "serve", "--port", str(port), "--anonymous",
         "--db", f"sqlite:///{workdir}/bench.db",
@@ -527,6 +664,45 @@ def run_target(ctx: Ctx, target: str) -> dict[str, Any]:
         out["throughput"] = summarize_throughput(runs)
         step(f"{target}: latency, {a.latency_rate}/s for {a.latency_duration}s")
         out["latency"] = run_latency(ctx, server)
+        step(f"  p50 {out['latency'].get('p50_ms')} ms, p99 {out['latency'].get('p99_ms')} ms")
+        if target == "collabtrio" and a.upgraded:
+            runs = []
+            for i in range(a.repeat):
+                step(f"{target}: upgraded (polling, then WebSocket) throughput run "
+                     f"{i + 1}/{a.repeat}")  # fmt: skip
+                runs.append(run_throughput(ctx, server, transports="default"))
+                step(
+                    f"  {runs[-1]['deliveries_per_s']:,.0f} deliveries/s, "
+                    f"losses {runs[-1]['losses']}, server CPU {runs[-1]['server_cpu_pct']:.0f}%, "
+                    f"node CPU {runs[-1]['node_cpu_pct']:.0f}%"
+                )
+                time.sleep(0.5)
+            out["upgraded_throughput_runs"] = runs
+            out["upgraded_throughput"] = summarize_throughput(runs)
+            step(f"{target}: upgraded latency, {a.latency_rate}/s for {a.latency_duration}s")
+            out["upgraded_latency"] = run_latency(
+                ctx, server, transports="default", label="upgraded-latency"
+            )
+            step(
+                f"  p50 {out['upgraded_latency'].get('p50_ms')} ms, "
+                f"p99 {out['upgraded_latency'].get('p99_ms')} ms"
+            )
+        if target in POLLING_TARGETS and a.polling:
+            rate, duration, subs = polling_load(a)
+            step(f"{target}: polling, {subs} subscribers, {rate}/s for {duration}s")
+            out["polling"] = run_latency(
+                ctx, server, transports="polling", label="polling", rate=rate, duration=duration,
+                subscribers=subs,
+            )  # fmt: skip
+            pol = out["polling"]
+            step(
+                f"  delivered {pol['delivered']:,}, losses {pol['losses']}, p50 "
+                f"{pol.get('p50_ms')} ms, p99 {pol.get('p99_ms')} ms, server CPU "
+                f"{pol['server_cpu_pct']:.0f}%, node CPU {pol['node_cpu_pct']:.0f}%, "
+                f"clients on {pol.get('transports_at_go')}"
+                + (f", server sessions {pol['server_sessions_at_go']}"
+                   if "server_sessions_at_go" in pol else "")
+            )  # fmt: skip
         out["rss_end_bytes"] = server.rss()
     except BenchError as exc:
         out["error"] = str(exc)
@@ -550,7 +726,7 @@ def _fmt(value: Any, kind: str) -> str:
         return "-"
     if kind == "int":
         return f"{value:,.0f}"
-    if kind == "ms":
+    if kind in ("ms", "f2"):
         return f"{value:.2f}"
     if kind == "pct":
         return f"{value:.0f}%"
@@ -560,6 +736,8 @@ def _fmt(value: Any, kind: str) -> str:
         return f"{value / 1024:,.1f}"
     if kind == "mib":
         return f"{value / 1048576:,.1f}"
+    if kind == "counts" and isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in sorted(value.items())) or "none"
     return str(value)
 
 
@@ -573,7 +751,7 @@ def _get(result: dict[str, Any] | None, *path: str) -> Any:
 
 
 ROWS: list[tuple[str, tuple[str, ...], str, bool]] = [
-    # label, path into a target's result, format, include a collabtrio/floor ratio
+    # label, path into a target's result, format, include collabtrio/<reference> ratios
     ("throughput deliveries/s (median)", ("throughput", "deliveries_per_s_median"), "int", True),
     ("throughput losses (all runs)", ("throughput", "losses_all"), "raw", False),
     ("throughput elapsed ms (median)", ("throughput", "elapsed_ms_median"), "int", False),
@@ -595,31 +773,147 @@ ROWS: list[tuple[str, tuple[str, ...], str, bool]] = [
     ("latency p99 ms", ("latency", "p99_ms"), "ms", True),
     ("latency max ms", ("latency", "max_ms"), "ms", False),
     ("latency losses", ("latency", "losses"), "int", False),
+    ("latency server CPU us/delivery", ("latency", "server_cpu_us_per_delivery"), "us", True),
     ("RSS before connections MiB", ("idle", "rss_before_bytes"), "mib", False),
     ("RSS with idle conns MiB", ("idle", "rss_idle_bytes"), "mib", False),
     ("RSS per idle conn KiB", ("idle", "rss_per_conn_bytes"), "kib", True),
 ]
 
 
-def ratio(results: dict[str, dict[str, Any]], path: tuple[str, ...]) -> float | None:
-    c = _get(results.get("collabtrio"), *path)
-    f = _get(results.get("floor"), *path)
-    if not isinstance(c, int | float) or not isinstance(f, int | float) or f == 0:
+# the polling scenario (collabtrio and psio)
+POLLING_ROWS: list[tuple[str, tuple[str, ...], str, bool]] = [
+    ("deliveries", ("polling", "delivered"), "int", False),
+    ("losses", ("polling", "losses"), "int", False),
+    ("latency p50 ms", ("polling", "p50_ms"), "ms", True),
+    ("latency p99 ms", ("polling", "p99_ms"), "ms", True),
+    ("latency max ms", ("polling", "max_ms"), "ms", False),
+    ("server CPU", ("polling", "server_cpu_pct"), "pct", False),
+    ("node CPU", ("polling", "node_cpu_pct"), "pct", False),
+    ("node CPU us/delivery", ("polling", "node_cpu_us_per_delivery"), "us", False),
+    ("node event-loop delay p99 ms", ("polling", "loop_delay_p99_ms"), "ms", False),
+    ("server waiting for its CPU", ("polling", "server_runqueue_wait_pct"), "pct", False),
+    ("server CPU us/delivery", ("polling", "server_cpu_us_per_delivery"), "us", True),
+    ("polls answered (GETs)", ("polling", "polls"), "int", False),
+    ("deliveries per poll", ("polling", "deliveries_per_poll"), "f2", False),
+    ("server CPU us/poll", ("polling", "server_cpu_us_per_poll"), "us", True),
+    ("clients' transports at go", ("polling", "transports_at_go"), "counts", False),
+    ("clients' transports at end", ("polling", "transports_at_end"), "counts", False),
+    ("server's sessions at go", ("polling", "server_sessions_at_go"), "counts", False),
+]
+
+# collabtrio's upgraded clients against its direct WebSocket clients: label, direct path,
+# upgraded path, format
+UPGRADED_ROWS: list[tuple[str, tuple[str, ...], tuple[str, ...], str]] = [
+    (
+        "throughput deliveries/s (median)",
+        ("throughput", "deliveries_per_s_median"),
+        ("upgraded_throughput", "deliveries_per_s_median"),
+        "int",
+    ),
+    (
+        "server CPU us/delivery (throughput)",
+        ("throughput", "server_cpu_us_per_delivery_median"),
+        ("upgraded_throughput", "server_cpu_us_per_delivery_median"),
+        "us",
+    ),
+    (
+        "server CPU during throughput",
+        ("throughput", "server_cpu_pct_median"),
+        ("upgraded_throughput", "server_cpu_pct_median"),
+        "pct",
+    ),
+    (
+        "node CPU during throughput",
+        ("throughput", "node_cpu_pct_median"),
+        ("upgraded_throughput", "node_cpu_pct_median"),
+        "pct",
+    ),
+    ("latency p50 ms", ("latency", "p50_ms"), ("upgraded_latency", "p50_ms"), "ms"),
+    ("latency p99 ms", ("latency", "p99_ms"), ("upgraded_latency", "p99_ms"), "ms"),
+    ("latency max ms", ("latency", "max_ms"), ("upgraded_latency", "max_ms"), "ms"),
+    (
+        "latency server CPU us/delivery",
+        ("latency", "server_cpu_us_per_delivery"),
+        ("upgraded_latency", "server_cpu_us_per_delivery"),
+        "us",
+    ),
+]
+
+
+def _div(a: Any, b: Any) -> float | None:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or b == 0:
         return None
-    return float(c) / float(f)
+    return float(a) / float(b)
 
 
-def render_table(results: dict[str, dict[str, Any]]) -> str:
-    targets = [t for t in TARGETS if t in results]
-    both = len(targets) == 2
-    header = ["metric", *targets] + (["collabtrio/floor"] if both else [])
+def ratio(
+    results: dict[str, dict[str, Any]], path: tuple[str, ...], reference: str = "floor"
+) -> float | None:
+    """collabtrio's figure at ``path`` divided by ``reference``'s."""
+    return _div(_get(results.get("collabtrio"), *path), _get(results.get(reference), *path))
+
+
+def render_table(
+    results: dict[str, dict[str, Any]],
+    rows_spec: Sequence[tuple[str, tuple[str, ...], str, bool]] = ROWS,
+    targets: Sequence[str] | None = None,
+) -> str:
+    if targets is None:
+        targets = [t for t in TARGETS if t in results]
+    refs = [r for r in REFERENCES if r in targets and "collabtrio" in targets]
+    header = ["metric", *targets] + [f"collabtrio/{r}" for r in refs]
     rows = [header]
-    for label, path, kind, with_ratio in ROWS:
+    for label, path, kind, with_ratio in rows_spec:
         row = [label] + [_fmt(_get(results[t], *path), kind) for t in targets]
-        if both:
-            r = ratio(results, path) if with_ratio else None
+        for ref in refs:
+            r = ratio(results, path, ref) if with_ratio else None
             row.append(f"{r:.2f}x" if r is not None else "")
         rows.append(row)
+    return _layout(rows)
+
+
+def render_upgraded(res: dict[str, Any]) -> str:
+    rows = [["metric", "direct", "upgraded", "upgraded/direct"]]
+    for label, direct, upgraded, kind in UPGRADED_ROWS:
+        d, u = _get(res, *direct), _get(res, *upgraded)
+        r = _div(u, d) if kind != "pct" else None
+        rows.append([label, _fmt(d, kind), _fmt(u, kind), f"{r:.2f}x" if r is not None else ""])
+    losses_d = _get(res, "throughput", "losses_all"), _get(res, "latency", "losses")
+    losses_u = (
+        _get(res, "upgraded_throughput", "losses_all"),
+        _get(res, "upgraded_latency", "losses"),
+    )
+    rows.append(["losses (throughput runs, latency)", str(losses_d), str(losses_u), ""])
+    rows.append([
+        "clients' transports at go",
+        _fmt(_get(res, "latency", "transports_at_go"), "counts"),
+        _fmt(_get(res, "upgraded_latency", "transports_at_go"), "counts"),
+        "",
+    ])  # fmt: skip
+    return _layout(rows)
+
+
+def upgraded_ratios(res: dict[str, Any] | None) -> dict[str, float | None]:
+    return {
+        "throughput": _div(
+            _get(res, "upgraded_throughput", "deliveries_per_s_median"),
+            _get(res, "throughput", "deliveries_per_s_median"),
+        ),
+        "server_cpu_us_per_delivery": _div(
+            _get(res, "upgraded_throughput", "server_cpu_us_per_delivery_median"),
+            _get(res, "throughput", "server_cpu_us_per_delivery_median"),
+        ),
+        "p50_latency": _div(
+            _get(res, "upgraded_latency", "p50_ms"), _get(res, "latency", "p50_ms")
+        ),
+        "p99_latency": _div(
+            _get(res, "upgraded_latency", "p99_ms"), _get(res, "latency", "p99_ms")
+        ),
+    }
+
+
+def _layout(rows: list[list[str]]) -> str:
+    header = rows[0]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []
     for n, row in enumerate(rows):
@@ -644,7 +938,10 @@ def tool_versions(node: str) -> dict[str, Any]:
     with contextlib.suppress(Exception):
         from importlib.metadata import version
 
-        for dist in ("collabtrio", "trio", "trio-websocket", "wsproto"):
+        for dist in (
+            "collabtrio", "trio", "trio-websocket", "wsproto",
+            "python-socketio", "python-engineio", "uvicorn", "websockets", "uvloop", "httptools",
+        ):  # fmt: skip
             with contextlib.suppress(Exception):
                 versions[dist] = version(dist)
     return versions
@@ -656,9 +953,15 @@ def tool_versions(node: str) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Fan-out benchmark: collabtrio vs a naive trio-websocket relay (the floor).",
+        description="Fan-out benchmark: collabtrio vs a naive trio-websocket relay (the floor) "
+        "and python-socketio (psio).",
     )
     p.add_argument("--only", choices=TARGETS, help="run one target only")
+    p.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated targets to run, in this order (default {','.join(TARGETS)})",
+    )
     p.add_argument("--subscribers", type=int, default=100, help="subscribers in the room")
     p.add_argument("--events", type=int, default=2000, help="events per throughput run")
     p.add_argument("--repeat", type=int, default=1, help="throughput runs per target (median)")
@@ -671,12 +974,56 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also write per-event worst latency CSVs next to the results (stall hunting)",
     )
+    p.add_argument(
+        "--polling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the polling scenario on collabtrio and psio (default: yes)",
+    )
+    p.add_argument(
+        "--polling-rate", type=int, help="polling scenario events/s (default --latency-rate)"
+    )
+    p.add_argument(
+        "--polling-subscribers",
+        type=int,
+        help="polling scenario subscribers (default --subscribers)",
+    )
+    p.add_argument(
+        "--polling-duration",
+        type=float,
+        help="polling scenario length, s (default --latency-duration)",
+    )
+    p.add_argument(
+        "--polling-http",
+        choices=POLLING_HTTP,
+        default="raw",
+        help="HTTP layer under socket.io-client's long-polling transport, for the polling "
+        "and upgraded clients: raw (default: loadgen.js's minimal keep-alive HTTP/1.1 "
+        "client), xhr (socket.io-client's own, xmlhttprequest-ssl, with a keep-alive "
+        "http.Agent), xhr-close (socket.io-client's own as it comes: a new TCP connection "
+        "per request)",
+    )
+    p.add_argument(
+        "--upgraded",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run collabtrio's throughput and latency again with clients that start on "
+        "polling and upgrade (default: yes)",
+    )
+    p.add_argument(
+        "--psio-ws",
+        default="websockets",
+        choices=("websockets", "websockets-sansio", "wsproto"),
+        help="uvicorn's WebSocket implementation for psio (default websockets)",
+    )
     p.add_argument("--idle-connections", type=int, default=1000)
     p.add_argument("--idle-rooms", type=int, default=100)
     p.add_argument("--idle-settle", type=float, default=2.0, help="s before sampling idle RSS")
     p.add_argument("--startup-timeout", type=float, default=30.0)
     p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
-    p.add_argument("--python", default=sys.executable, help="interpreter for the floor server")
+    p.add_argument(
+        "--python", default=sys.executable, help="interpreter for the floor and psio servers"
+    )
     p.add_argument(
         "--collabtrio",
         default=str(Path(sys.executable).parent / "collabtrio"),
@@ -688,7 +1035,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in ("subscribers", "events", "repeat", "idle_connections", "idle_rooms"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.polling_subscribers is not None and args.polling_subscribers < 1:
+        p.error("--polling-subscribers must be at least 1")
+    if args.only:
+        args.targets = args.only
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets or len(set(targets)) != len(targets):
+        p.error(f"--targets: a comma-separated list of distinct {', '.join(TARGETS)}")
+    args.targets = targets
     return args
+
+
+def psio_missing(python: str) -> str | None:
+    """Why bench/psio_server.py cannot run with ``python``, or None."""
+    probe = "import socketio, uvicorn, websockets"
+    try:
+        out = subprocess.run(
+            [python, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    if out.returncode != 0:
+        return (out.stderr.strip().splitlines() or ["import failed"])[-1]
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -707,8 +1077,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupted)
 
+    if "psio" in args.targets:
+        why = psio_missing(args.python)
+        if why is not None:
+            print(
+                f"the psio target needs python-socketio and uvicorn in {args.python} ({why}): "
+                "run `bash bench/setup.sh` first, or leave it out with --targets floor,collabtrio",
+                file=sys.stderr,
+            )
+            return 2
     pin = choose_pinning(not args.no_pin)
-    targets = [args.only] if args.only else list(TARGETS)
+    targets = list(args.targets)
     started = dt.datetime.now(dt.UTC)
     stamp = started.strftime("%Y%m%d-%H%M%S")
     step(f"pinning: {pin.description}")
@@ -732,6 +1111,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             results, ("throughput", "server_cpu_us_per_delivery_median")
         ),
     }
+    psio_ratios = {
+        "throughput": ratio(results, ("throughput", "deliveries_per_s_median"), "psio"),
+        "p99_latency": ratio(results, ("latency", "p99_ms"), "psio"),
+        "rss_per_idle_conn": ratio(results, ("idle", "rss_per_conn_bytes"), "psio"),
+        "server_cpu_us_per_delivery": ratio(
+            results, ("throughput", "server_cpu_us_per_delivery_median"), "psio"
+        ),
+        "polling_p50_latency": ratio(results, ("polling", "p50_ms"), "psio"),
+        "polling_p99_latency": ratio(results, ("polling", "p99_ms"), "psio"),
+        "polling_server_cpu_us_per_delivery": ratio(
+            results, ("polling", "server_cpu_us_per_delivery"), "psio"
+        ),
+    }
+    upgraded = upgraded_ratios(results.get("collabtrio")) if "collabtrio" in results else {}
+    # the issue's goals for polling: no worse than python-socketio's polling
+    goals: dict[str, dict[str, Any]] = {}
+    for key in ("polling_server_cpu_us_per_delivery", "polling_p99_latency"):
+        value = psio_ratios[key]
+        if value is not None:
+            goals[key] = {"ratio": value, "met": value <= 1.0}
+    busy = [_get(results.get(t), "polling", "server_cpu_pct") for t in ("collabtrio", "psio")]
+    # both at their core's limit: CPU per delivery is wall / deliveries for both (see README)
+    saturated = all(isinstance(b, int | float) and b >= SATURATED_PCT for b in busy)
+    if "polling_server_cpu_us_per_delivery" in goals:
+        goals["polling_server_cpu_us_per_delivery"]["both_servers_saturated"] = saturated
     report = {
         "benchmark": "fanout",
         "started_utc": started.isoformat(timespec="seconds"),
@@ -747,6 +1151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "results": results,
         "ratios_collabtrio_over_floor": ratios,
+        "ratios_collabtrio_over_psio": psio_ratios,
+        "collabtrio_upgraded_over_direct": upgraded,
+        "polling_goals_vs_psio": goals,
     }
     out_path = args.output or RESULTS / f"fanout-{stamp}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -759,11 +1166,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"idle {args.idle_connections} conns / {args.idle_rooms} rooms; {pin.description}"
     )
     print(render_table(results))
-    if len(results) == 2:
+    if "floor" in results and "collabtrio" in results:
         shown = ", ".join(
             f"{name} {value:.2f}x" for name, value in ratios.items() if value is not None
         )
         print(f"\ncollabtrio/floor: {shown or 'n/a'}")
+    if "psio" in results and "collabtrio" in results:
+        shown = ", ".join(
+            f"{name} {value:.2f}x"
+            for name, value in psio_ratios.items()
+            if value is not None and not name.startswith("polling_")
+        )
+        print(f"collabtrio/psio: {shown or 'n/a'}")
+    col = results.get("collabtrio") or {}
+    if "upgraded_throughput" in col or "upgraded_latency" in col:
+        print(
+            "\nupgraded: collabtrio, clients on socket.io-client's default transports (polling, "
+            "each upgraded to WebSocket before the clock starts) vs direct WebSocket clients; "
+            "same server, after the direct runs"
+        )
+        print(render_upgraded(col))
+    polled = [t for t in POLLING_TARGETS if "polling" in (results.get(t) or {})]
+    if polled:
+        rate, duration, subs = polling_load(args)
+        print(
+            f"\npolling: {subs} subscribers + 1 publisher on transports "
+            f"['polling'], {rate}/s x {duration:g}s; HTTP: {POLLING_HTTP[args.polling_http]}"
+        )
+        print(render_table(results, POLLING_ROWS, polled))
+        if goals:
+            shown = ", ".join(
+                f"{name.removeprefix('polling_')} {g['ratio']:.2f}x "
+                f"({'met' if g['met'] else 'NOT met'})"
+                for name, g in goals.items()
+            )
+            print(f"goal, collabtrio/psio <= 1.00x: {shown}")
+            if saturated:
+                print(
+                    f"  both servers used >= {SATURATED_PCT:.0f}% of their CPU: CPU us/delivery "
+                    "is then wall time / deliveries for both; compare server CPU us/poll and "
+                    "latency, or rerun below saturation (--polling-subscribers, --polling-rate)"
+                )
     failed = False
     for target, res in results.items():
         if "error" in res:
@@ -799,6 +1242,42 @@ def _warnings(res: dict[str, Any]) -> list[str]:
     lat = res.get("latency") or {}
     if lat.get("losses"):
         warnings.append(f"latency test lost {lat['losses']} deliveries")
+    for run in res.get("throughput_runs") or []:
+        if "transport_warning" in run:
+            warnings.append(f"throughput: {run['transport_warning']}")
+            break
+    for key, what in (("upgraded_throughput", "upgraded throughput"),):
+        sub = res.get(key) or {}
+        if sub.get("any_timeout"):
+            warnings.append(f"an {what} run hit the timeout (see losses)")
+        if any(sub.get("losses_all") or []):
+            warnings.append(f"{what} lost deliveries: {sub['losses_all']}")
+        if sub.get("out_of_order_total"):
+            warnings.append(f"{what}: {sub['out_of_order_total']} deliveries out of order")
+    for run in res.get("upgraded_throughput_runs") or []:
+        if "transport_warning" in run:
+            warnings.append(f"upgraded throughput: {run['transport_warning']}")
+            break
+    for key, what in (
+        ("latency", "latency"), ("upgraded_latency", "upgraded latency"), ("polling", "polling"),
+    ):  # fmt: skip
+        sub = res.get(key) or {}
+        if key != "latency" and sub.get("losses"):
+            warnings.append(f"{what} lost {sub['losses']} deliveries")
+        if "transport_warning" in sub:
+            warnings.append(f"{what}: {sub['transport_warning']}")
+        node = sub.get("node_cpu_pct")
+        if node is not None and node > 85:
+            warnings.append(
+                f"node used {node:.0f}% of a CPU during {what}: the load generator may add "
+                "to the latency"
+            )
+        wait = sub.get("server_runqueue_wait_pct")
+        if wait is not None and wait > 10:
+            warnings.append(
+                f"the server spent {wait:.0f}% of the {what} run waiting for its CPU: another "
+                "process shares it"
+            )
     idle = res.get("idle") or {}
     if "warning" in idle:
         warnings.append(idle["warning"])

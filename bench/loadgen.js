@@ -36,9 +36,17 @@
 //               (an upgrade error fails the run).
 // The result line's `transports_at_go` / `transports_at_end` count the clients by the transport
 // their Engine.IO socket was on when the measurement started and when it ended.
-// --keep-alive (polling) gives each client its own keep-alive http.Agent, as a browser reuses
-// its connections; without it socket.io-client in Node (agent: false) opens a new TCP
-// connection for every poll and every POST.
+// --polling-http (polling and default transports): the HTTP layer under socket.io-client's
+// long-polling transport. Everything above it (Engine.IO packets and payloads, the handshake,
+// heartbeats, the upgrade, Socket.IO packets and acks) is socket.io-client's own either way.
+//   xhr   socket.io-client's Node default (xmlhttprequest-ssl on node:http). With
+//         --keep-alive each client gets its own keep-alive http.Agent, as a browser reuses
+//         its connections; without it (agent: false) every poll and POST is a new TCP
+//         connection.
+//   raw   a minimal HTTP/1.1 client on node:net plugged in through engine.io-client's
+//         transport option (as its built-in Fetch and XHR transports are): two keep-alive
+//         connections per client, one for GETs and one for POSTs. It spends about half the
+//         CPU of xhr per poll, so 100 polling clients leave Node room to spare.
 "use strict";
 
 const { performance, monitorEventLoopDelay } = require("node:perf_hooks");
@@ -70,6 +78,7 @@ function parseArgs(argv) {
     latencyTrace: "",
     transports: "websocket",
     keepAlive: false,
+    pollingHttp: "xhr",
   };
   const numeric = new Set([
     "subscribers", "events", "payloadBytes", "rate", "duration", "connections", "rooms",
@@ -95,6 +104,7 @@ function parseArgs(argv) {
   }
   if (!opts.url) throw new Error("--url http://127.0.0.1:PORT is required");
   if (!(opts.transports in TRANSPORTS)) throw new Error("--transports websocket|polling|default");
+  if (!["xhr", "raw"].includes(opts.pollingHttp)) throw new Error("--polling-http xhr|raw");
   if (opts.target === "floor" && opts.transports !== "websocket") {
     throw new Error("the floor speaks plain WebSocket only: --transports websocket");
   }
@@ -125,8 +135,167 @@ function withTimeout(promise, seconds, what) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+// engine.io-client's long-polling transport on a minimal keep-alive HTTP/1.1 client (see
+// --polling-http raw above). Built on first use.
+let RawPolling = null;
+
+function rawPollingTransport() {
+  if (RawPolling) return RawPolling;
+  const net = require("node:net");
+  // engine.io-client exports its Fetch transport, whose base class is the Polling transport
+  const Polling = Object.getPrototypeOf(require("engine.io-client").Fetch);
+
+  // One HTTP/1.1 connection, reused while the server keeps it open; one request at a time.
+  class RawConnection {
+    constructor(host, port) {
+      this.host = host;
+      this.port = port;
+      this.sock = null;
+      this.buf = null;
+      this.cb = null;
+    }
+
+    request(method, path, body, cb) {
+      if (!this.sock) this.open();
+      this.cb = cb;
+      const head = `${method} ${path} HTTP/1.1\r\nHost: ${this.host}:${this.port}\r\nAccept: */*\r\n`;
+      if (body === undefined) {
+        this.sock.write(head + "\r\n", "latin1");
+      } else {
+        const bytes = Buffer.from(body, "utf8");
+        const extra = `Content-Type: text/plain;charset=UTF-8\r\nContent-Length: ${bytes.length}\r\n\r\n`;
+        this.sock.write(Buffer.concat([Buffer.from(head + extra, "latin1"), bytes]));
+      }
+    }
+
+    open() {
+      const sock = net.connect({ host: this.host, port: this.port, noDelay: true });
+      this.sock = sock;
+      this.buf = Buffer.alloc(0);
+      sock.on("data", (chunk) => {
+        this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+        this.parse();
+      });
+      const gone = (err) => {
+        if (this.sock !== sock) return;
+        this.sock = null;
+        const cb = this.cb;
+        this.cb = null;
+        if (cb) cb(err || new Error("connection closed by the server"));
+      };
+      sock.on("error", gone);
+      sock.on("close", () => gone(null));
+    }
+
+    // a complete response in this.buf -> cb(null, status, body); else wait for more bytes
+    parse() {
+      const buf = this.buf;
+      const end = buf.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      const head = buf.toString("latin1", 0, end).toLowerCase();
+      const status = Number(head.slice(9, 12));
+      const start = end + 4;
+      let body;
+      let rest;
+      const length = /\r\ncontent-length:\s*(\d+)/.exec(head);
+      if (length) {
+        const n = Number(length[1]);
+        if (buf.length < start + n) return;
+        body = buf.toString("utf8", start, start + n);
+        rest = buf.subarray(start + n);
+      } else if (/\r\ntransfer-encoding:\s*chunked/.test(head)) {
+        const parts = [];
+        let i = start;
+        for (;;) {
+          const eol = buf.indexOf("\r\n", i);
+          if (eol < 0) return;
+          const size = parseInt(buf.toString("latin1", i, eol), 16);
+          if (size === 0) {
+            if (buf.length < eol + 4) return; // no trailers: "0\r\n\r\n"
+            rest = buf.subarray(eol + 4);
+            break;
+          }
+          if (buf.length < eol + 2 + size + 2) return;
+          parts.push(buf.subarray(eol + 2, eol + 2 + size));
+          i = eol + 2 + size + 2;
+        }
+        body = Buffer.concat(parts).toString("utf8");
+      } else {
+        const cb = this.cb;
+        this.cb = null;
+        this.close();
+        if (cb) cb(new Error("response without Content-Length or chunked encoding"));
+        return;
+      }
+      this.buf = rest;
+      const cb = this.cb;
+      this.cb = null;
+      if (/\r\nconnection:\s*close/.test(head)) this.close();
+      if (cb) cb(null, status, body);
+    }
+
+    close() {
+      const sock = this.sock;
+      this.sock = null;
+      if (sock) sock.destroy();
+    }
+  }
+
+  RawPolling = class extends Polling {
+    connections() {
+      if (!this.getConn) {
+        const port = Number(this.opts.port) || (this.opts.secure ? 443 : 80);
+        this.getConn = new RawConnection(this.opts.hostname, port);
+        this.postConn = new RawConnection(this.opts.hostname, port);
+      }
+    }
+
+    path() {
+      const uri = this.uri();
+      return uri.slice(uri.indexOf("/", uri.indexOf("//") + 2));
+    }
+
+    doPoll() {
+      this.connections();
+      this.getConn.request("GET", this.path(), undefined, (err, status, body) => {
+        if (err || status !== 200) return this.onError("raw poll error", err || status);
+        this.onData(body);
+      });
+    }
+
+    doWrite(data, fn) {
+      this.connections();
+      this.postConn.request("POST", this.path(), data, (err, status) => {
+        if (err || status !== 200) return this.onError("raw post error", err || status);
+        fn();
+      });
+    }
+
+    closeConnections() {
+      if (this.getConn) {
+        this.getConn.close();
+        this.postConn.close();
+      }
+    }
+
+    // upgraded: this transport is done, and so are its connections
+    pause(onPause) {
+      super.pause(() => {
+        this.closeConnections();
+        onPause();
+      });
+    }
+
+    onClose(details) {
+      this.closeConnections();
+      super.onClose(details);
+    }
+  };
+  return RawPolling;
+}
+
 class CollabtrioClient {
-  constructor(url, room, transports = "websocket", keepAlive = false) {
+  constructor(url, room, transports = "websocket", keepAlive = false, pollingHttp = "xhr") {
     const { io } = require("socket.io-client");
     this.room = room;
     this.onTick = null;
@@ -134,9 +303,24 @@ class CollabtrioClient {
     this.closed = false;
     const ioOpts = { forceNew: true, reconnection: false };
     if (TRANSPORTS[transports]) ioOpts.transports = TRANSPORTS[transports];
-    if (keepAlive) ioOpts.agent = new (require("node:http").Agent)({ keepAlive: true });
+    if (pollingHttp === "raw" && transports !== "websocket") {
+      // as implementations rather than names (engine.io-client takes one or the other)
+      const impl = { polling: rawPollingTransport(), websocket: require("engine.io-client").NodeWebSocket };
+      ioOpts.transports = (ioOpts.transports || ["polling", "websocket"]).map((name) => impl[name]);
+    } else if (keepAlive && transports !== "websocket") {
+      ioOpts.agent = new (require("node:http").Agent)({ keepAlive: true });
+    }
     this.socket = io(url, ioOpts);
     const engine = this.socket.io.engine;
+    // long-polling GETs answered (the polling transport's "pollComplete"), until an upgrade
+    this.polls = 0;
+    if (engine.transport && engine.transport.name === "polling") {
+      engine.transport.on("pollComplete", () => this.polls++);
+    }
+    if (ioOpts.agent) {
+      // upgraded: the agent's idle keep-alive connections (from polling) are done
+      engine.once("upgrade", () => ioOpts.agent.destroy());
+    }
     // with the default transports, ready also means "upgraded to WebSocket"
     const upgraded = transports !== "default" ? Promise.resolve() : new Promise((resolve, reject) => {
       if (engine.transport && engine.transport.name === "websocket") return resolve();
@@ -165,6 +349,10 @@ class CollabtrioClient {
   transport() {
     const engine = this.socket.io.engine;
     return engine && engine.transport ? engine.transport.name : "closed";
+  }
+
+  pollCount() {
+    return this.polls;
   }
 
   publish(data) {
@@ -219,11 +407,15 @@ class FloorClient {
   transport() {
     return "websocket";
   }
+
+  pollCount() {
+    return 0;
+  }
 }
 
 function makeClient(opts, room) {
   return opts.target === "collabtrio"
-    ? new CollabtrioClient(opts.url, room, opts.transports, opts.keepAlive)
+    ? new CollabtrioClient(opts.url, room, opts.transports, opts.keepAlive, opts.pollingHttp)
     : new FloorClient(opts.url, room);
 }
 
@@ -282,6 +474,12 @@ function waitForGo(opts, extra) {
     rl.once("line", done);
     rl.once("close", done);
   });
+}
+
+function countPolls(clients) {
+  let n = 0;
+  for (const c of clients) if (c) n += c.pollCount();
+  return n;
 }
 
 // {transport name: clients on it}
@@ -433,6 +631,7 @@ async function latency(opts) {
 
   await waitForGo(opts, { clients: clients.length });
   const transportsAtGo = countTransports(clients);
+  const pollsAtGo = countPolls(clients);
   const cpu0 = process.cpuUsage();
   // how late this process's event loop ran a 5 ms timer: a busy loop delays deliveries too
   const loopDelay = monitorEventLoopDelay({ resolution: 5 });
@@ -465,6 +664,7 @@ async function latency(opts) {
   const cpu = process.cpuUsage(cpu0);
   loopDelay.disable();
   const transportsAtEnd = countTransports(clients);
+  const polls = countPolls(clients) - pollsAtGo;
 
   if (opts.latencyTrace) {
     const lines = ["seq,sent_ms,worst_latency_ms"];
@@ -491,6 +691,8 @@ async function latency(opts) {
     transports: opts.transports,
     transports_at_go: transportsAtGo,
     transports_at_end: transportsAtEnd,
+    // long-polling GETs answered from the first send to the end (publisher's included)
+    polls,
     // event-loop delay beyond the 5 ms timer period, ms (perf_hooks histogram, ns)
     loop_delay_p50_ms: Math.max(0, Math.round((loopDelay.percentile(50) / 1e6 - 5) * 1000) / 1000),
     loop_delay_p99_ms: Math.max(0, Math.round((loopDelay.percentile(99) / 1e6 - 5) * 1000) / 1000),
