@@ -31,6 +31,6 @@ def build_router(ctx: AppContext) -> Router:
         return HttpResponse.json(200, {"status": "ok"})
 
     router.websocket(SOCKETIO_PATH, engine.websocket)
-    router.http(SOCKETIO_PATH, engine.http, long_poll=True)
+    router.http(SOCKETIO_PATH, engine.http)
     router.http("/healthz", healthz)
     return router

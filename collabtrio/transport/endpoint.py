@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Final
 
 import trio
@@ -123,8 +124,9 @@ class EngineEndpoint:
 
     # -- long-polling --------------------------------------------------------------------
 
-    async def http(self, request: HttpRequest) -> HttpResponse:
-        """Answer one plain HTTP request to ``/socket.io/`` (the router's handler)."""
+    async def http(self, request: HttpRequest) -> HttpResponse | PollHold:
+        """Answer one plain HTTP request to ``/socket.io/`` (the router's handler); a
+        poll with nothing to send yet is a :class:`PollHold`."""
         cors = self.origins.headers(request)
         try:
             if request.method == "OPTIONS":
@@ -138,7 +140,7 @@ class EngineEndpoint:
             if sid is None:
                 body = self._handshake(request)
             elif request.method == "GET":
-                body = await self._poll(self._session(request, sid))
+                return self._poll(self._session(request, sid), cors)
             elif request.method == "POST":
                 await self._post(self._session(request, sid), request.body)
                 return HttpResponse(200, b"ok", "text/html", cors)
@@ -157,7 +159,8 @@ class EngineEndpoint:
         assert session.poll is not None
         return session.poll.payload()  # the open packet
 
-    async def _poll(self, session: SocketIOSession) -> bytes:
+    def _poll(self, session: SocketIOSession,
+              cors: tuple[tuple[str, str], ...]) -> HttpResponse | PollHold:
         queue = session.poll
         assert queue is not None
         if queue.waiting:
@@ -166,19 +169,8 @@ class EngineEndpoint:
             raise EngineError(400, BAD_REQUEST, "a poll is already waiting")
         if session.poll_now() and not len(queue):
             queue.push(_NOOP)  # upgrading: end this poll so the client can finish
-        queue.waiting = True
-        try:
-            await queue.wait()
-        except trio.Cancelled:
-            # the client went away (or the server is stopping) while the poll waited
-            session.close("polling request cancelled", notify=False)
-            raise
-        finally:
-            queue.waiting = False
-        body = queue.payload()
-        if session.close_reason is not None:
-            self._forget(session)  # the closed session's last packets are fetched
-        return body
+        hold = PollHold(self, session, queue, cors)
+        return hold.respond() if hold.ready() else hold
 
     async def _post(self, session: SocketIOSession, body: bytes) -> None:
         if session.posting:
@@ -268,3 +260,43 @@ class EngineEndpoint:
         if session.poll is None or session.probing or session.close_reason is not None:
             return None
         return session
+
+
+class PollHold:
+    """A poll held until its session has something to send (the front door's ``Hold``).
+
+    While it is held the queue is ``waiting``: a second poll is an overlap, a probe
+    releases it with a noop, and the bound allows a burst.
+    """
+
+    __slots__ = ("cors", "endpoint", "queue", "session")
+
+    def __init__(self, endpoint: EngineEndpoint, session: SocketIOSession, queue: PollQueue,
+                 cors: tuple[tuple[str, str], ...]) -> None:
+        self.endpoint = endpoint
+        self.session = session
+        self.queue = queue
+        self.cors = cors
+        queue.waiting = True
+
+    def ready(self) -> bool:
+        """Something is queued, or the session has closed."""
+        return bool(len(self.queue)) or self.queue.closed
+
+    def set_waker(self, wake: Callable[[], None] | None) -> None:
+        """Wake the front door when something is queued."""
+        self.queue.waker = wake
+
+    def respond(self) -> HttpResponse:
+        """What is queued, as one long-polling body."""
+        self.queue.waiting = False
+        body = self.queue.payload()
+        if self.session.close_reason is not None:
+            self.endpoint._forget(self.session)  # the closed session's last packets
+        return HttpResponse(200, body, _TEXT, self.cors)
+
+    def abandon(self) -> None:
+        """The poll's client went away (or the server is stopping): end the session."""
+        if self.queue.waiting:
+            self.queue.waiting = False
+            self.session.close("polling request cancelled", notify=False)

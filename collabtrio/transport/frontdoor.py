@@ -26,6 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -79,8 +80,29 @@ class HttpResponse:
         return cls(status, json.dumps(body).encode(), "application/json")
 
 
+class Hold(Protocol):
+    """An answer that is not ready yet: a long poll, held until :meth:`ready`.
+
+    The front door keeps reading the connection meanwhile (so a client that goes away
+    is noticed, and pipelined bytes are kept); :meth:`set_waker` gives the callable
+    that ends the wait when the answer becomes ready.
+    """
+
+    def ready(self) -> bool:
+        """The answer can be written now."""
+
+    def set_waker(self, wake: Callable[[], None] | None) -> None:
+        """Call ``wake`` (synchronously, from any task) once :meth:`ready`; None: stop."""
+
+    def respond(self) -> HttpResponse:
+        """The answer (called once, when ready)."""
+
+    def abandon(self) -> None:
+        """The client went away (or the server is stopping) before the answer."""
+
+
 WebSocketHandler = Callable[[trio.abc.Stream, HttpRequest, bytes], Awaitable[None]]
-HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+HttpHandler = Callable[[HttpRequest], Awaitable["HttpResponse | Hold"]]
 
 
 def _route_key(path: str) -> str:
@@ -93,19 +115,12 @@ class Router:
     def __init__(self) -> None:
         self._http: dict[str, HttpHandler] = {}
         self._http_prefixes: list[tuple[str, HttpHandler]] = []
-        self._long_poll: set[HttpHandler] = set()
         self._websocket: dict[str, WebSocketHandler] = {}
         self._websocket_prefixes: list[tuple[str, WebSocketHandler]] = []
 
-    def http(self, path: str, handler: HttpHandler, *, prefix: bool = False,
-             long_poll: bool = False) -> None:
-        """Answer HTTP requests for ``path`` (or every path under it) with ``handler``.
-
-        ``long_poll``: the handler may hold a ``GET`` open; the connection is watched
-        meanwhile and the handler cancelled if the client goes away.
-        """
-        if long_poll:
-            self._long_poll.add(handler)
+    def http(self, path: str, handler: HttpHandler, *, prefix: bool = False) -> None:
+        """Answer HTTP requests for ``path`` (or every path under it) with ``handler``
+        (which may answer with a :class:`Hold`: a long poll)."""
         if prefix:
             self._http_prefixes.append((path, handler))
         else:
@@ -124,10 +139,6 @@ class Router:
         if found is None:
             found = next((h for p, h in self._http_prefixes if path.startswith(p)), None)
         return found
-
-    def is_long_poll(self, handler: HttpHandler) -> bool:
-        """Whether ``handler`` was registered with ``long_poll``."""
-        return handler in self._long_poll
 
     def find_websocket(self, path: str) -> WebSocketHandler | None:
         """The WebSocket handler for ``path``, if any."""
@@ -338,39 +349,43 @@ async def _serve_request(stream: trio.abc.Stream, conn: h11.Connection, router: 
     if handler is None:
         response: HttpResponse | None = HttpResponse(404, b"not found\n")
     else:
-        full = HttpRequest(request.method, request.target, request.path, request.query,
-                           request.headers, request.remote, body)
-        if request.method == "GET" and router.is_long_poll(handler):
-            response = await _call_watching(stream, conn, handler, full)
-        else:
-            response = await handler(full)
+        answer = await handler(HttpRequest(request.method, request.target, request.path,
+                                           request.query, request.headers, request.remote,
+                                           body))
+        response = answer if isinstance(answer, HttpResponse) else await _hold(
+            stream, conn, answer)
     if response is None:
         return False  # the client went away while its request was held
     await send_response(stream, response, conn, head=request.method == "HEAD")
     return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
 
-async def _call_watching(stream: trio.abc.Stream, conn: h11.Connection, handler: HttpHandler,
-                         request: HttpRequest) -> HttpResponse | None:
-    """Run ``handler`` while watching the connection; None if the client closed it first.
+async def _hold(stream: trio.abc.Stream, conn: h11.Connection, hold: Hold) -> HttpResponse | None:
+    """Wait until ``hold`` is ready, reading the connection meanwhile; None if the client
+    closed it first (the hold is then abandoned).
 
-    Bytes that arrive meanwhile (a pipelined next request) are kept for h11.
+    One task does both: the read is cancelled when the hold's waker fires, so a held
+    poll costs no extra task. Bytes that arrive meanwhile (a pipelined next request)
+    are kept for h11.
     """
-    response: HttpResponse | None = None
-    async with trio.open_nursery() as nursery:
-
-        async def watch() -> None:
-            while True:
-                data = await stream.receive_some(65536)
-                if not data:
-                    nursery.cancel_scope.cancel()  # the client went away
-                    return
-                conn.receive_data(bytes(data))
-
-        nursery.start_soon(watch)
-        response = await handler(request)
-        nursery.cancel_scope.cancel()
-    return response
+    try:
+        while not hold.ready():
+            with trio.CancelScope() as scope:
+                hold.set_waker(scope.cancel)
+                try:
+                    data = await stream.receive_some(65536)
+                finally:
+                    hold.set_waker(None)
+            if scope.cancelled_caught:
+                continue
+            if not data:
+                hold.abandon()  # the client went away
+                return None
+            conn.receive_data(bytes(data))
+    except BaseException:
+        hold.abandon()
+        raise
+    return hold.respond()
 
 
 def first(query: dict[str, list[str]], name: str) -> str | None:

@@ -18,6 +18,8 @@ bounded memory. While a ``GET`` is waiting, what the server queues in one go may
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from ..protocol import engineio
@@ -41,7 +43,7 @@ class PollQueue:
     """Messages waiting for the next ``GET`` (see the module docstring)."""
 
     __slots__ = ("_bytes", "_items", "_lot", "closed", "dropped_volatile", "max_bytes",
-                 "waiting")
+                 "waiting", "waker")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -52,6 +54,8 @@ class PollQueue:
         """A ``GET`` is waiting for messages."""
         self.closed = False
         self.dropped_volatile = 0
+        self.waker: Callable[[], None] | None = None
+        """Called (synchronously) when something is queued or the queue closes."""
 
     def __len__(self) -> int:
         return len(self._items)
@@ -71,8 +75,15 @@ class PollQueue:
                 return False
         self._items.append((out, volatile))
         self._bytes += size
-        self._lot.unpark_all()
+        self._wake()
         return True
+
+    def _wake(self) -> None:
+        waker = self.waker
+        if waker is not None:
+            waker()
+        if self._lot:
+            self._lot.unpark_all()
 
     def _drop_volatile(self) -> None:
         kept = [item for item in self._items if not item[1]]
@@ -88,7 +99,7 @@ class PollQueue:
     def close(self) -> None:
         """Accept no more messages; a waiting ``GET`` takes what is queued and returns."""
         self.closed = True
-        self._lot.unpark_all()
+        self._wake()
 
     def take(self) -> list[tuple[Outgoing, bool]]:
         """Everything queued (each with its volatile flag), oldest first; the queue is
