@@ -4,10 +4,10 @@ Theory of operation: each accepted stream is served by :func:`serve_stream`, whi
 reads requests with h11 one after the other on the same connection (keep-alive, which
 long-polling clients rely on), answering each in order before reading the next. The
 :class:`Router` maps a path to an HTTP handler (request in, :class:`HttpResponse`
-out) or to a WebSocket handler. A WebSocket upgrade ends the HTTP part of the
-connection: the handler gets the stream and the bytes of the upgrade request (its head
-and whatever the client sent right after it), which the WebSocket layer feeds to
-wsproto.
+out, or a :class:`Hold`: a long poll, written once it is ready) or to a WebSocket
+handler. A WebSocket upgrade ends the HTTP part of the connection: the handler gets
+the stream and the bytes of the upgrade request (its head and whatever the client sent
+right after it), which the WebSocket layer feeds to wsproto.
 
 Limits: a request head must be complete within :data:`HEAD_TIMEOUT_S` of its start
 (for the first request, of the connection's start; an idle keep-alive connection waits
