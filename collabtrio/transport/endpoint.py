@@ -32,6 +32,7 @@ import trio
 from ..protocol import engineio
 from ..protocol.outgoing import Outgoing
 from .cors import OriginPolicy
+from .engine import EngineIOSession
 from .frontdoor import HttpRequest, HttpResponse, first, send_error
 from .outbox import Outbox
 from .polling import PollQueue
@@ -109,7 +110,7 @@ class EngineEndpoint:
             raise EngineError(400, UNKNOWN_SID)
         return session
 
-    def _forget(self, session: SocketIOSession) -> None:
+    def _forget(self, session: EngineIOSession) -> None:
         if self.by_sid.get(session.engine.sid) is session:
             del self.by_sid[session.engine.sid]
 
