@@ -299,8 +299,10 @@ async def _serve_http(
                 if not data:
                     return None  # idle too long, or closed by the peer
                 conn.receive_data(bytes(data))
-            with trio.fail_after(HEAD_TIMEOUT_S):
-                event = await _next_event(stream, conn)
+            event = conn.next_event()  # a head already read needs no deadline
+            if event is h11.NEED_DATA:
+                with trio.fail_after(HEAD_TIMEOUT_S):
+                    event = await _next_event(stream, conn)
             if isinstance(event, h11.Request) and _head_size(event) > MAX_HEAD_BYTES:
                 raise h11.RemoteProtocolError("request head too large", 431)
         except h11.RemoteProtocolError as exc:
@@ -339,8 +341,11 @@ async def _serve_request(stream: trio.abc.Stream, conn: h11.Connection, router: 
                             close=True)
         return False
     body: bytes | None = None  # stays None if the body takes too long
-    with trio.move_on_after(BODY_TIMEOUT_S):
-        body = await _read_body(stream, conn, limit)
+    if declared in ("", "0") and "transfer-encoding" not in request.headers:
+        body = await _read_body(stream, conn, limit)  # no body: h11 ends it without I/O
+    else:
+        with trio.move_on_after(BODY_TIMEOUT_S):
+            body = await _read_body(stream, conn, limit)
     if body is None:
         await send_response(stream, HttpResponse(413, b"request body too large\n"), conn,
                             close=True)
