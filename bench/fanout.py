@@ -443,6 +443,32 @@ def psio_stats(server: Server) -> dict[str, Any] | None:
     return None
 
 
+def window_figures(
+    result: dict[str, Any], ctx: Ctx, wall: float, srv: tuple[float, float],
+    node: tuple[float, float], cpus: tuple[list[Any], list[Any]],
+    srv_wait: tuple[float | None, float | None], node_wait: tuple[float | None, float | None],
+) -> None:
+    """Add the CPU figures of one measured window (start, end pairs) to ``result``."""
+    srv_cpu, node_cpu = srv[1] - srv[0], node[1] - node[0]
+    delivered = int(result["delivered"])
+    result.update(
+        {
+            "window_s": wall,
+            "server_cpu_s": srv_cpu,
+            "server_cpu_pct": 100.0 * srv_cpu / wall,
+            "node_cpu_s_psutil": node_cpu,
+            "node_cpu_pct": 100.0 * node_cpu / wall,
+            "server_cpu_us_per_delivery": (1e6 * srv_cpu / delivered) if delivered else None,
+            "node_cpu_us_per_delivery": (1e6 * node_cpu / delivered) if delivered else None,
+            "server_cpu_breakdown_pct": cpu_breakdown(cpus[0], cpus[1], ctx.pin.server_cpu),
+            "loadgen_cpu_breakdown_pct": cpu_breakdown(cpus[0], cpus[1], ctx.pin.loadgen_cpu),
+        }
+    )
+    for key, (w0, w1) in (("server", srv_wait), ("node", node_wait)):
+        if w0 is not None and w1 is not None:
+            result[f"{key}_runqueue_wait_pct"] = 100.0 * (w1 - w0) / wall
+
+
 def run_throughput(ctx: Ctx, server: Server, transports: str = "websocket") -> dict[str, Any]:
     a = ctx.args
     with ctx.loadgen(
@@ -465,26 +491,8 @@ def run_throughput(ctx: Ctx, server: Server, transports: str = "websocket") -> d
         node_wait1 = runqueue_wait_seconds(lg.proc.pid)
         lg.finish()
     server.check_alive()
-    wall = t1 - t0
-    srv_cpu = srv1 - srv0
-    node_cpu = node1 - node0
-    delivered = int(result["delivered"])
-    result.update(
-        {
-            "window_s": wall,
-            "server_cpu_s": srv_cpu,
-            "server_cpu_pct": 100.0 * srv_cpu / wall,
-            "node_cpu_s_psutil": node_cpu,
-            "node_cpu_pct": 100.0 * node_cpu / wall,
-            "server_cpu_us_per_delivery": (1e6 * srv_cpu / delivered) if delivered else None,
-        }
-    )
-    result["server_cpu_breakdown_pct"] = cpu_breakdown(cpus0, cpus1, ctx.pin.server_cpu)
-    result["loadgen_cpu_breakdown_pct"] = cpu_breakdown(cpus0, cpus1, ctx.pin.loadgen_cpu)
-    if srv_wait0 is not None and srv_wait1 is not None:
-        result["server_runqueue_wait_pct"] = 100.0 * (srv_wait1 - srv_wait0) / wall
-    if node_wait0 is not None and node_wait1 is not None:
-        result["node_runqueue_wait_pct"] = 100.0 * (node_wait1 - node_wait0) / wall
+    window_figures(result, ctx, t1 - t0, (srv0, srv1), (node0, node1), (cpus0, cpus1),
+                   (srv_wait0, srv_wait1), (node_wait0, node_wait1))
     problem = check_transports(result, transports, a.subscribers + 1)
     if problem is not None:
         result["transport_warning"] = problem
@@ -533,27 +541,9 @@ def run_latency(
         stats1 = psio_stats(server)
         lg.finish()
     server.check_alive()
-    wall = t1 - t0
-    srv_cpu = srv1 - srv0
-    node_cpu = node1 - node0
-    delivered = int(result["delivered"])
-    result.update(
-        {
-            "window_s": wall,
-            "server_cpu_s": srv_cpu,
-            "server_cpu_pct": 100.0 * srv_cpu / wall,
-            "node_cpu_s_psutil": node_cpu,
-            "node_cpu_pct": 100.0 * node_cpu / wall,
-            "server_cpu_us_per_delivery": (1e6 * srv_cpu / delivered) if delivered else None,
-            "node_cpu_us_per_delivery": (1e6 * node_cpu / delivered) if delivered else None,
-            "server_cpu_breakdown_pct": cpu_breakdown(cpus0, cpus1, ctx.pin.server_cpu),
-            "loadgen_cpu_breakdown_pct": cpu_breakdown(cpus0, cpus1, ctx.pin.loadgen_cpu),
-        }
-    )
-    if srv_wait0 is not None and srv_wait1 is not None:
-        result["server_runqueue_wait_pct"] = 100.0 * (srv_wait1 - srv_wait0) / wall
-    if node_wait0 is not None and node_wait1 is not None:
-        result["node_runqueue_wait_pct"] = 100.0 * (node_wait1 - node_wait0) / wall
+    window_figures(result, ctx, t1 - t0, (srv0, srv1), (node0, node1), (cpus0, cpus1),
+                   (srv_wait0, srv_wait1), (node_wait0, node_wait1))
+    srv_cpu, delivered = srv1 - srv0, int(result["delivered"])
     polls = result.get("polls")
     if polls:
         # a saturated server answers fewer, fuller polls: CPU per delivery then tends to
