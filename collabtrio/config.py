@@ -58,8 +58,9 @@ class Config:
         group="auth",
     )
     connect_timeout_s: float = _f(
-        45.0,
-        "A WebSocket that has not completed a Socket.IO CONNECT within this is closed.",
+        10.0,
+        "A WebSocket or polling session that has not completed a Socket.IO CONNECT "
+        "within this is closed.",
         group="transport",
     )
     http_keep_alive_s: float = _f(
@@ -107,6 +108,29 @@ class Config:
     )
     max_connections: int = _f(
         10000, "Total connections; past it, new WebSockets are refused (503).", group="limits"
+    )
+    max_unauthenticated: int = _f(
+        1000,
+        "Sessions (WebSocket or polling) that have not completed a Socket.IO CONNECT yet; "
+        "past it, new ones are refused (503). They never count against max_connections.",
+        group="limits",
+    )
+    max_unauthenticated_per_address: int = _f(
+        100,
+        "The same, per client IP address (raise it behind a proxy that does not pass "
+        "the client's address).",
+        group="limits",
+    )
+    max_document_bytes: int = _f(
+        8 * 1024 * 1024,
+        "Size of a room's document as stored JSON; an op or field write that would grow "
+        "it past this gets TOO_LARGE.",
+        group="documents",
+    )
+    max_presence_bytes: int = _f(
+        4096,
+        "Size of one cursor or selection as JSON; bigger gets TOO_LARGE.",
+        group="limits",
     )
     outbox_max_bytes: int = _f(
         1 << 20,
@@ -184,6 +208,10 @@ class Config:
             "max_rooms_per_connection",
             "max_room_members",
             "max_connections",
+            "max_unauthenticated",
+            "max_unauthenticated_per_address",
+            "max_document_bytes",
+            "max_presence_bytes",
             "outbox_max_bytes",
             "room_inbox_size",
             "history_limit",

@@ -62,13 +62,23 @@ class SocketIOApp:
         token = _token_of(session, auth)
         if token is not None and not isinstance(token, str):
             raise CollabError(ErrorCode.INVALID_TOKEN, "token must be a string")
-        client = Client(ctx, session, ctx.auth.authenticate(token or None))
+        auth_rooms: list[Any] = []
         if isinstance(auth, dict):
             rooms = auth.get("rooms")
             if isinstance(rooms, list):
-                client.auth_rooms = rooms
+                auth_rooms = rooms
             elif rooms is not None:
-                client.auth_rooms = [rooms]
+                auth_rooms = [rooms]
+        # checked before the token (no work for a handshake that cannot be served) and
+        # never looped over past the limit
+        asked = len(auth_rooms) + len(session.query.get("room", []))
+        limit = ctx.config.max_rooms_per_connection
+        if asked > limit:
+            raise CollabError(ErrorCode.VALIDATION,
+                              f"auth.rooms and ?room= ask for {asked} rooms; a connection "
+                              f"may be in at most {limit} (max_rooms_per_connection)")
+        client = Client(ctx, session, ctx.auth.authenticate(token or None))
+        client.auth_rooms = auth_rooms
         try:
             client.grants = await ctx.store.grants_for(client.identity.user_id)
         except StorageError as exc:

@@ -28,7 +28,7 @@ from .context import AppContext
 
 log = logging.getLogger(__name__)
 
-__all__ = ["refresh_roles", "watch_grants"]
+__all__ = ["reassign_roles", "refresh_roles", "watch_grants"]
 
 
 async def watch_grants(
@@ -72,8 +72,15 @@ async def refresh_roles(ctx: AppContext) -> None:
             continue
         for client in clients:
             client.grants = grants
-            for room_id, room in list(client.rooms.items()):
-                role = resolve_role(client.identity, room_id, grants=grants,
-                                    default=ctx.config.default_role)
-                with contextlib.suppress(MailboxClosed):  # a closed room has no members
-                    room.mailbox.put_nowait(SetRole(client, None, role))
+            reassign_roles(ctx, client)
+
+
+def reassign_roles(ctx: AppContext, client: Client) -> None:
+    """Tell each room the client is in the role its identity and grants give it now
+    (the room ignores an unchanged role; a changed one reaches the client as
+    ``role-changed``)."""
+    for room_id, room in list(client.rooms.items()):
+        role = resolve_role(client.identity, room_id, grants=client.grants,
+                            default=ctx.config.default_role)
+        with contextlib.suppress(MailboxClosed):  # a closed room has no members
+            room.mailbox.put_nowait(SetRole(client, None, role))

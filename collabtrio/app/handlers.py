@@ -10,13 +10,13 @@ mailbox. The room answers; handlers only answer refusals (raising
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..auth.roles import check_join_allowed, resolve_role
 from ..errors import CollabError, ErrorCode
-from ..protocol import messages
+from ..protocol import jsonsafe, messages
 from ..protocol.ids import check_room_id
 from ..rooms.commands import ChatCmd, Command, FieldCmd, Join, Leave, OpCmd, Relay
 from ..rooms.mailbox import MailboxClosed
@@ -26,18 +26,23 @@ from ..storage.base import ChatMessage
 from ..storage.errors import map_storage_errors
 from .client import Client
 from .context import AppContext
+from .grants import reassign_roles
 
 Handler = Callable[[AppContext, Client, Any, "int | None"], Awaitable[None]]
 """A client event handler: ``(context, client, payload, ack id)``."""
 
 # events relayed to the other members as they are (plus the sender's identity)
 VOLATILE = frozenset({"cursor", "selection", "typing"})
+# the relayed events whose value stays in the member's presence
+PRESENCE_KEPT = frozenset({"cursor", "selection"})
 
 # events of the protocol that this server version does not implement yet
 NOT_YET = frozenset({"yjs-update", "yjs-sync", "yjs-awareness"})
 
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+# a JSON-escaped NUL: "\u0000" preceded by an even number of backslashes (an odd
+# number means the backslash itself is escaped, i.e. the text held "\u0000" literally)
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 MAX_DEPTH = 64
@@ -61,8 +66,9 @@ def _too_deep(value: Any, limit: int) -> bool:
 
 
 def _check_storable(value: Any, what: str) -> None:
-    """Refuse what no backend can store: bytes, NaN/Infinity, NUL characters, and
-    nesting deeper than :data:`MAX_DEPTH` levels.
+    """Refuse what no backend can store: bytes, NaN/Infinity, lone surrogates, NUL
+    characters (PostgreSQL text and JSONB refuse them), and nesting deeper than
+    :data:`MAX_DEPTH` levels.
 
     Checked here, per operation, so one client's bad value is that client's
     ``VALIDATION`` error and never fails a transaction shared with other rooms.
@@ -71,11 +77,25 @@ def _check_storable(value: Any, what: str) -> None:
         raise CollabError(ErrorCode.VALIDATION,
                           f"{what} nests deeper than {MAX_DEPTH} levels")
     try:
-        text = _dumps(value)
+        text = jsonsafe.dumps(value)
     except (TypeError, ValueError) as exc:
         raise CollabError(ErrorCode.VALIDATION, f"{what} must be plain JSON: {exc}") from None
-    if r"\u0000" in text:
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise CollabError(ErrorCode.VALIDATION, f"{what} must not contain NUL characters")
+
+
+def _presence_size(value: Any) -> int:
+    """Bytes of ``value`` as JSON, binary attachments counted by their length."""
+    binary = 0
+
+    def attachment(obj: Any) -> None:
+        nonlocal binary
+        if isinstance(obj, bytes | bytearray | memoryview):
+            binary += len(obj)
+            return None
+        raise TypeError(f"{type(obj).__name__} is not JSON")
+
+    return len(jsonsafe.dumps(value, attachment).encode("utf-8")) + binary
 
 
 async def _deliver(room: Room, cmd: Command) -> None:
@@ -155,9 +175,20 @@ def _relay_handler(event: str) -> Handler:
 
     model = messages.EVENT_MODELS[event]
 
+    # cursor and selection are kept in presence and repeated to every joiner: bounded
+    kept = event in PRESENCE_KEPT
+
     async def relay(ctx: AppContext, conn: Client, payload: Any, ack_id: int | None) -> None:
         msg = messages.parse(model, payload)
         assert isinstance(msg, messages.RoomPayload)
+        if kept:
+            limit = ctx.config.max_presence_bytes
+            value = payload.get(event)
+            size = 4 if value is None else _presence_size(value)
+            if size > limit:
+                raise CollabError(ErrorCode.TOO_LARGE,
+                                  f"{event} is {size} bytes as JSON; the limit is {limit} "
+                                  "(max_presence_bytes)")
         room = _joined_room(conn, msg.room, event)
         # relay what the client sent (validated), so its own extra fields reach the others
         await _deliver(room, Relay(conn, ack_id, event, dict(payload), volatile))
@@ -213,6 +244,9 @@ async def refresh_token(ctx: AppContext, conn: Client, payload: Any, ack_id: int
     """``refresh-token {token}``: replace an expiring token (same ``sub``)."""
     msg = messages.parse(messages.RefreshTokenPayload, payload)
     conn.set_identity(ctx.auth.refresh(conn.identity, msg.token))
+    # the new token's rooms claim applies at once, in every room the client is in
+    # (a lowered role too: the room tells the client with role-changed)
+    reassign_roles(ctx, conn)
     if ack_id is not None:
         conn.ack(ack_id, {"ok": True, "expiresAt": conn.identity.expires_at})
 

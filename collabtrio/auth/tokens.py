@@ -38,6 +38,7 @@ from jwt.exceptions import PyJWTError
 
 from ..config import Config
 from ..errors import CollabError, ErrorCode
+from ..protocol import jsonsafe
 from ..protocol.ids import ROLES, ROOM_PATTERN_RE, Role, short_repr
 
 __all__ = ["NBF_LEEWAY_S", "Authenticator", "Identity", "mint_token"]
@@ -51,6 +52,9 @@ _ANON_NAME_PREFIX: Final = "Anonymous"
 _HS: Final = "HS256"
 _PUBLIC_ALGS: Final = frozenset({"RS256", "ES256"})
 
+
+# exp/nbf beyond this (year 33658) are not times: refused, never overflowing a float
+_MAX_TIME: Final = 10**12
 
 class _HS256(HMACAlgorithm):
     """HS256 without PyJWT's per-call short-key warning (we warn once, at startup)."""
@@ -254,8 +258,11 @@ class Authenticator:
             message = str(exc) or type(exc).__name__
             raise _invalid(f"invalid token: {message}") from None
         try:
-            claims = json.loads(raw)
-        except ValueError:
+            # the claims end up in presence, broadcasts and storage: storable JSON only
+            claims = jsonsafe.loads(raw.decode("utf-8"))
+        except jsonsafe.UnsafeJSON as exc:
+            raise _invalid(f"malformed token: {exc}") from None
+        except (ValueError, RecursionError):
             raise _invalid("malformed token: payload is not JSON") from None
         if not isinstance(claims, dict):
             raise _invalid("malformed token: payload is not a JSON object")
@@ -270,15 +277,15 @@ class Authenticator:
         now = self._now()
         nbf = claims.get("nbf")
         if nbf is not None:
-            if isinstance(nbf, bool) or not isinstance(nbf, int | float):
-                raise _invalid("token 'nbf' claim must be a number")
+            if isinstance(nbf, bool) or not isinstance(nbf, int | float) or abs(nbf) > _MAX_TIME:
+                raise _invalid("token 'nbf' claim must be a number (seconds since the epoch)")
             if nbf > now + NBF_LEEWAY_S:
                 raise _invalid("token is not valid yet (nbf)")
         exp = claims.get("exp")
         expires_at: float | None = None
         if exp is not None:
-            if isinstance(exp, bool) or not isinstance(exp, int | float):
-                raise _invalid("token 'exp' claim must be a number")
+            if isinstance(exp, bool) or not isinstance(exp, int | float) or abs(exp) > _MAX_TIME:
+                raise _invalid("token 'exp' claim must be a number (seconds since the epoch)")
             expires_at = float(exp)
             if expires_at <= now:
                 raise CollabError(ErrorCode.TOKEN_EXPIRED, "token has expired")

@@ -80,7 +80,14 @@ RoomId = Annotated[
 OperationId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=128)]
 EntityKey = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=256)]
 PathKey = Annotated[str, StringConstraints(strict=True, max_length=256)]
-Timestamp = StrictInt | StrictFloat | None
+# integers a JavaScript client can hold exactly, and a seq SQLite's INTEGER can hold
+_JS_SAFE: Final = 2**53 - 1
+_SEQ_MAX: Final = 2**63 - 1
+# a client's timestamp (milliseconds): a number JavaScript holds exactly
+Timestamp = (Annotated[StrictInt, Field(ge=-_JS_SAFE, le=_JS_SAFE)]
+             | Annotated[StrictFloat, Field(allow_inf_nan=False, ge=-_JS_SAFE, le=_JS_SAFE)]
+             | None)
+Seq = Annotated[StrictInt, Field(ge=0, le=_SEQ_MAX)]
 Bytes = Annotated[bytes, BeforeValidator(_to_bytes), Field(strict=True)]
 NonEmptyBytes = Annotated[bytes, BeforeValidator(_to_bytes), Field(strict=True, min_length=1)]
 
@@ -100,7 +107,7 @@ class RoomPayload(Payload):
 class JoinPayload(RoomPayload):
     """``join {room, since?}``: ``since`` is the last seq seen (int >= 0) or absent/null."""
 
-    since: Annotated[StrictInt, Field(ge=0)] | None = None
+    since: Seq | None = None
 
 
 class LeavePayload(RoomPayload):
@@ -172,7 +179,7 @@ class ChatHistoryPayload(RoomPayload):
     """``chat-history {room, before?, limit?}``: messages with ``seq < before`` (the
     newest ``limit``, 1-100, default 50)."""
 
-    before: Annotated[StrictInt, Field(ge=0)] | None = None
+    before: Seq | None = None
     limit: Annotated[StrictInt, Field(ge=1, le=100)] = 50
 
 

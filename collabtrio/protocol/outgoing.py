@@ -14,21 +14,22 @@ JSON-encoded once and framed once, and every member's outbox gets the same bytes
 
 Attachments always travel with their packet: the encodings are one unit, never split.
 
-JSON: compact, non-ASCII kept; payloads holding ``bytes`` become ``BINARY_EVENT`` /
+JSON: compact, non-ASCII kept, and always valid (a non-finite number or a lone
+surrogate raises :class:`~collabtrio.protocol.jsonsafe.UnsafeJSON` when the message is
+built, never a broken frame later); payloads holding ``bytes`` become ``BINARY_EVENT`` /
 ``BINARY_ACK`` packets with placeholders (:func:`collabtrio.protocol.socketio.encode`).
 """
 
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any, Final
 
-from . import socketio, wsframe
+from . import jsonsafe, socketio, wsframe
 
 __all__ = ["Outgoing"]
 
-_dumps: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_dumps: Final = jsonsafe.dumps
 
 
 class Outgoing:
@@ -55,7 +56,8 @@ class Outgoing:
     def event(cls, event: str, payload: Any) -> Outgoing:
         """A Socket.IO ``EVENT`` (or ``BINARY_EVENT``) ``[event, payload]`` to namespace ``/``.
 
-        Raises ``TypeError``/``ValueError`` for a payload that is not JSON (or bytes).
+        Raises ``TypeError``/``ValueError`` (``UnsafeJSON``) for a payload that is not
+        storable JSON (or bytes).
         """
         try:
             text = socketio.encode_event_text(event, _dumps(payload))

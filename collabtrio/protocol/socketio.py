@@ -27,10 +27,11 @@ the encoding side raises :class:`ValueError` or :class:`TypeError`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
+
+from . import jsonsafe
 
 __all__ = [
     "MAX_ACK_ID",
@@ -109,10 +110,9 @@ class Packet:
 
 
 def _dumps(value: Any, default: Any = None) -> str:
-    """Serialise ``value`` as compact JSON (no NaN/Infinity, non-ASCII kept)."""
-    return json.dumps(
-        value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=default
-    )
+    """Serialise ``value`` as compact JSON (no NaN/Infinity, no lone surrogates, non-ASCII
+    kept); :class:`~collabtrio.protocol.jsonsafe.UnsafeJSON` (a ``ValueError``) else."""
+    return jsonsafe.dumps(value, default)
 
 
 def _data_problem(ptype: PacketType, data: Any, pid: int | None) -> str | None:
@@ -273,11 +273,6 @@ def _fill_placeholders(data: Any, buffers: list[bytes]) -> Any:
     return data
 
 
-def _reject_constant(name: str) -> Any:
-    """``json.loads`` hook: JavaScript's JSON has no NaN/Infinity."""
-    raise SocketIOProtocolError(f"invalid JSON constant {name}")
-
-
 def _read_digits(
     text: str,
     start: int,
@@ -407,9 +402,9 @@ class Decoder:
         rest = text[pos:]
         if rest:
             try:
-                data = json.loads(rest, parse_constant=_reject_constant)
-            except SocketIOProtocolError as exc:
-                raise SocketIOProtocolError(str(exc), ack_id=pid) from None
+                data = jsonsafe.loads(rest)
+            except jsonsafe.UnsafeJSON as exc:
+                raise SocketIOProtocolError(f"unsafe JSON payload: {exc}", ack_id=pid) from None
             except (ValueError, RecursionError) as exc:
                 raise SocketIOProtocolError(f"invalid JSON payload: {exc}", ack_id=pid) from None
         problem = _data_problem(ptype, data, pid)

@@ -26,6 +26,7 @@ class FieldWaiter:
     conn: Any  # the sending Connection
     operation_id: str
     ack_id: int | None
+    record_key: str = ""  # the sender's own key for the operation id (idempotency)
 
 
 @dataclass(slots=True)
@@ -49,6 +50,7 @@ class FieldDebouncer:
         self.window_s = window_s
         self.max_hold_s = max_hold_s
         self.pending: dict[FieldKey, PendingField] = {}
+        # record key (sender and operation id) -> the write it is waiting on
         self.by_operation: dict[str, PendingField] = {}
 
     def __len__(self) -> int:
@@ -70,7 +72,7 @@ class FieldDebouncer:
             entry.timestamp = timestamp
             entry.last_at = now
         entry.waiters.append(waiter)
-        self.by_operation[waiter.operation_id] = entry
+        self.by_operation[waiter.record_key or waiter.operation_id] = entry
 
     def next_deadline(self) -> float:
         """When the earliest key must be flushed (``inf`` when nothing is pending)."""
@@ -88,7 +90,7 @@ class FieldDebouncer:
         entries = [self.pending.pop(k) for k in keys]
         for entry in entries:
             for w in entry.waiters:
-                self.by_operation.pop(w.operation_id, None)
+                self.by_operation.pop(w.record_key or w.operation_id, None)
         return entries
 
     def take_all(self) -> list[PendingField]:

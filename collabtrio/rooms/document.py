@@ -9,6 +9,11 @@ effects; only after the batch has committed are its writes applied to the
 ``update`` is a JSON merge patch (RFC 7396): ``null`` deletes a member, objects merge
 recursively, anything else replaces. ``field`` writes one value at a path inside an
 entity, creating intermediate objects.
+
+Size: every entity written is encoded once, as it will be stored (the encoding travels
+to storage in the :class:`EntityWrite`), and the document keeps the stored size of each
+entity, so a write that would grow the document past ``max_bytes`` is refused with
+``TOO_LARGE`` before anything is planned. Removing never is.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import copy
 from typing import Any
 
 from ..errors import CollabError, ErrorCode
+from ..protocol import jsonsafe
 from ..storage.base import EntityWrite
 
 Entities = dict[str, dict[str, dict[str, Any]]]
@@ -49,13 +55,28 @@ def set_path(entity: dict[str, Any], path: list[str], value: Any) -> dict[str, A
     return result
 
 
-class Document:
-    """The committed state of one room's document."""
+def _encode(value: dict[str, Any]) -> tuple[str, int]:
+    """The stored JSON of an entity and its size in UTF-8 bytes."""
+    try:
+        text = jsonsafe.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise CollabError(ErrorCode.VALIDATION, f"not storable JSON: {exc}") from None
+    return text, len(text) if text.isascii() else len(text.encode("utf-8"))
 
-    __slots__ = ("entities",)
+
+class Document:
+    """The committed state of one room's document, and its stored size."""
+
+    __slots__ = ("entities", "size", "sizes")
 
     def __init__(self, entities: Entities | None = None) -> None:
         self.entities: Entities = entities if entities is not None else {}
+        self.sizes: dict[tuple[str, str], int] = {}
+        for collection, items in self.entities.items():
+            for entity_id, data in items.items():
+                self.sizes[(collection, entity_id)] = _encode(data)[1]
+        self.size = sum(self.sizes.values())
+        """Bytes of every entity as stored JSON."""
 
     def get(self, collection: str, entity_id: str) -> dict[str, Any] | None:
         """One entity, or None."""
@@ -65,7 +86,12 @@ class Document:
         """Install committed writes (the overlay's, after its transaction committed)."""
         if replace_all:
             self.entities = {}
+            self.sizes = {}
+            self.size = 0
+        sizes = self.sizes
         for w in writes:
+            key = (w.collection, w.id)
+            self.size -= sizes.pop(key, 0)
             if w.data is None:
                 coll = self.entities.get(w.collection)
                 if coll is not None:
@@ -74,16 +100,24 @@ class Document:
                         del self.entities[w.collection]
             else:
                 self.entities.setdefault(w.collection, {})[w.id] = w.data
+                text = w.encoded if w.encoded is not None else _encode(w.data)[0]
+                size = len(text) if text.isascii() else len(text.encode("utf-8"))
+                sizes[key] = size
+                self.size += size
 
 
 class Overlay:
     """The document as the current batch sees it: committed state plus pending writes."""
 
-    def __init__(self, doc: Document) -> None:
+    def __init__(self, doc: Document, max_bytes: float = float("inf")) -> None:
         self.doc = doc
+        self.max_bytes = max_bytes
         self.pending: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self.pending_sizes: dict[tuple[str, str], int] = {}
         self.writes: list[EntityWrite] = []
         self.replace_all = False
+        self.size = doc.size
+        """Bytes of the document as stored JSON once the planned writes are applied."""
 
     def get(self, collection: str, entity_id: str) -> dict[str, Any] | None:
         """The entity as it stands after the writes planned so far."""
@@ -94,19 +128,45 @@ class Overlay:
             return None
         return self.doc.get(collection, entity_id)
 
+    def _size_of(self, key: tuple[str, str]) -> int:
+        if key in self.pending_sizes:
+            return self.pending_sizes[key]
+        return 0 if self.replace_all else self.doc.sizes.get(key, 0)
+
     def put(self, collection: str, entity_id: str, data: dict[str, Any] | None) -> None:
-        """Plan a write (``None`` deletes)."""
-        self.pending[(collection, entity_id)] = data
-        self.writes.append(EntityWrite(collection, entity_id, data))
+        """Plan a write (``None`` deletes); ``TOO_LARGE`` (nothing planned) if it would
+        grow the document past ``max_bytes``, ``VALIDATION`` if it is not storable."""
+        key = (collection, entity_id)
+        old = self._size_of(key)
+        encoded: str | None = None
+        new = 0
+        if data is not None:
+            encoded, new = _encode(data)
+            if new > old and self.size - old + new > self.max_bytes:
+                raise CollabError(
+                    ErrorCode.TOO_LARGE,
+                    f"the document would grow to {self.size - old + new} bytes; the limit "
+                    f"is {self.max_bytes:.0f} (max_document_bytes)")
+        self.size += new - old
+        self.pending[key] = data
+        self.pending_sizes[key] = new
+        self.writes.append(EntityWrite(collection, entity_id, data, encoded))
 
     def replace(self, entities: Entities) -> None:
-        """Plan ``replace``: the whole document becomes ``entities``."""
-        self.pending.clear()
-        self.writes.clear()
+        """Plan ``replace``: the whole document becomes ``entities`` (``TOO_LARGE``,
+        nothing planned, if they are bigger than ``max_bytes``)."""
+        saved = (self.pending, self.pending_sizes, self.writes, self.replace_all, self.size)
+        self.pending, self.pending_sizes, self.writes = {}, {}, []
         self.replace_all = True
-        for collection, items in entities.items():
-            for entity_id, data in items.items():
-                self.put(collection, entity_id, data)
+        self.size = 0
+        try:
+            for collection, items in entities.items():
+                for entity_id, data in items.items():
+                    self.put(collection, entity_id, data)
+        except CollabError:
+            (self.pending, self.pending_sizes, self.writes, self.replace_all,
+             self.size) = saved
+            raise
 
 
 def _need_object(value: Any, what: str) -> dict[str, Any]:
@@ -165,9 +225,15 @@ def plan_replace(overlay: Overlay, data: Any) -> None:
     doc = _need_object(data, "replace: data")
     clean: Entities = {}
     for collection, items in doc.items():
+        if not 1 <= len(collection) <= 256:
+            raise CollabError(ErrorCode.VALIDATION,
+                              "replace: collection names must be 1-256 characters")
         items = _need_object(items, f"replace: data[{collection!r}]")
         clean[collection] = {}
         for entity_id, entity in items.items():
+            if not 1 <= len(entity_id) <= 256:
+                raise CollabError(ErrorCode.VALIDATION,
+                                  f"replace: ids in {collection!r} must be 1-256 characters")
             clean[collection][entity_id] = copy.deepcopy(
                 _need_object(entity, f"replace: data[{collection!r}][{entity_id!r}]")
             )

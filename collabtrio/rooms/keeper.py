@@ -43,6 +43,7 @@ from ..storage.base import (
     OperationRecord,
     RoomSnapshot,
     StorageError,
+    UnstorableValue,
 )
 from ..storage.errors import storage_unavailable
 from .commands import ChatCmd, Command, FieldCmd, OpCmd
@@ -252,6 +253,14 @@ class DocumentKeeper:
             with trio.CancelScope(shield=True):
                 try:
                     await self.queue.commit([changes])
+                except UnstorableValue as exc:
+                    # nothing was written and the state is unchanged: this batch's
+                    # senders are told, no reload needed (the edge should have refused it)
+                    log.error("room %s: batch not storable: %s", self.room_id, exc)
+                    refusal = CollabError(ErrorCode.VALIDATION, f"not storable: {exc}")
+                    for fail in batch.failures:
+                        fail(refusal)
+                    return
                 except StorageError as exc:
                     log.warning("room %s: commit failed: %s", self.room_id, exc)
                     self._stale = True
@@ -295,7 +304,8 @@ class DocumentKeeper:
 
     def _plan(self, *, final: bool) -> Batch:
         batch = Batch(self.doc, self.seq, self.operations, self.debouncer, self.room_id,
-                      self.wall_clock, self._broadcast)
+                      self.wall_clock, self._broadcast,
+                      max_document_bytes=self.config.max_document_bytes)
         limit = self.config.max_ops_per_commit
         commands, self._inbox = self._inbox[:limit], self._inbox[limit:]
         self._space.unpark_all()

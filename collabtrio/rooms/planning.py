@@ -9,9 +9,11 @@ broadcast and confirm) and what to do if it fails (``failures``). Refusals are
 answered at once and take no seq. Nothing here changes the committed state: the
 keeper installs the batch only after storage confirmed it.
 
-Idempotency: an ``operationId`` (``clientId`` for chat) already committed is answered
-with its first result; one already planned in this batch is answered when the batch
-is (``late_answers``), never applied twice.
+Idempotency: an ``operationId`` (``clientId`` for chat) already committed *by the same
+user* is answered with its first result; one already planned in this batch is answered
+when the batch is (``late_answers``), never applied twice. Records are keyed by
+:func:`operation_key` (kind, user id, id), so users' ids never collide: operation ids
+are broadcast to the room, and a member must not be able to claim another's next ones.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .peer import Peer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Batch", "Broadcast", "chat_wire"]
+__all__ = ["Batch", "Broadcast", "chat_wire", "operation_key"]
 
 Broadcast = Callable[..., None]
 """``broadcast(event, payload, *, exclude)``: send a committed event to the room."""
@@ -40,6 +42,12 @@ _INTERNAL = CollabError(ErrorCode.INTERNAL, "internal error; the operation was n
 def _identity(conn: Peer) -> tuple[str, str]:
     ident = conn.identity
     return ident.user_id, ident.name
+
+
+def operation_key(kind: str, user_id: str, operation_id: str) -> str:
+    """The stored key of one user's operation (``kind`` ``u``) or chat ``clientId``
+    (``c``): the user id is length-prefixed, so no two (user, id) pairs share a key."""
+    return f"{kind}{len(user_id)}:{user_id}:{operation_id}"
 
 
 def chat_wire(room: str, message: ChatMessage) -> dict[str, Any]:
@@ -67,8 +75,10 @@ class Batch:
         room_id: str,
         wall_clock: Callable[[], float],
         broadcast: Broadcast,
+        *,
+        max_document_bytes: float = float("inf"),
     ) -> None:
-        self.overlay = Overlay(doc)
+        self.overlay = Overlay(doc, max_document_bytes)
         self.base_seq = seq  # what storage must still hold: compare-and-set
         self.seq = seq
         self.committed = committed
@@ -105,18 +115,15 @@ class Batch:
             for w in entry.waiters:
                 w.conn.reply_error(w.ack_id, _INTERNAL, "field", w.operation_id)
 
-    def _previous_result(self, operation_id: str) -> OperationRecord | None:
-        return self.committed.get(operation_id)
-
-    def _answer_repeat(self, operation_id: str, conn: Peer, ack_id: int | None
-    ) -> bool:
-        """A repeated operation id gets the first result, never a second application."""
-        record = self._previous_result(operation_id)
+    def _answer_repeat(self, key: str, conn: Peer, ack_id: int | None) -> bool:
+        """A repeated operation (same user, same id: ``key``) gets the first result,
+        never a second application."""
+        record = self.committed.get(key)
         if record is not None:
             conn.confirm(ack_id, record.result)
             return True
-        if operation_id in self.operations or operation_id in self.late_answers:
-            self.late_answers.setdefault(operation_id, []).append((conn, ack_id))
+        if key in self.operations or key in self.late_answers:
+            self.late_answers.setdefault(key, []).append((conn, ack_id))
             return True
         return False
 
@@ -127,14 +134,20 @@ class Batch:
     def plan_op(self, cmd: OpCmd) -> None:
         msg, conn = cmd.msg, cmd.conn
         op_id = msg.operation_id
-        if self._answer_repeat(op_id, conn, cmd.ack_id):
+        user_id, user_name = _identity(conn)
+        key = operation_key("u", user_id, op_id)
+        if self._answer_repeat(key, conn, cmd.ack_id):
             return
-        # field writes that arrived before this operation are applied before it
+        # field writes that arrived before this operation are applied before it: those
+        # of every entity it reads or writes (a duplicate's copy too)
         if self.debouncer.pending:
             if msg.op == "replace":
                 settled = self.debouncer.take_all()
             else:
                 settled = self.debouncer.take_entity(msg.collection, msg.id)
+                target = msg.data.get("newId") if isinstance(msg.data, dict) else None
+                if msg.op == "duplicate" and isinstance(target, str) and target != msg.id:
+                    settled += self.debouncer.take_entity(msg.collection, target)
             for entry in settled:
                 self.plan_field_safely(entry)
         try:
@@ -150,7 +163,6 @@ class Batch:
             return
         seq = self._next_seq()
         now_ms = int(self.wall_clock() * 1000)
-        user_id, user_name = _identity(conn)
         payload = {
             "room": self.room_id,
             "seq": seq,
@@ -166,18 +178,18 @@ class Batch:
             "serverTimestamp": now_ms,
         }
         result = {"ok": True, "operationId": op_id, "seq": seq, "serverTimestamp": now_ms}
-        self._record("op", payload, OperationRecord(op_id, seq, result))
+        self._record("op", payload, OperationRecord(key, seq, result))
         ack_id = cmd.ack_id
 
         def deliver() -> None:
             self.broadcast("op", payload, exclude=conn)
             conn.confirm(ack_id, result)
-            for other, other_ack in self.late_answers.get(op_id, ()):
+            for other, other_ack in self.late_answers.get(key, ()):
                 other.confirm(other_ack, result)
 
         def fail(err: CollabError) -> None:
             conn.reply_error(ack_id, err, "op", op_id)
-            for other, other_ack in self.late_answers.get(op_id, ()):
+            for other, other_ack in self.late_answers.get(key, ()):
                 other.reply_error(other_ack, err, "op", op_id)
 
         self.deliveries.append(deliver)
@@ -186,16 +198,17 @@ class Batch:
     def add_field(self, cmd: FieldCmd, now: float) -> None:
         msg, conn = cmd.msg, cmd.conn
         op_id = msg.operation_id
-        if self._answer_repeat(op_id, conn, cmd.ack_id):
+        record_key = operation_key("u", conn.identity.user_id, op_id)
+        if self._answer_repeat(record_key, conn, cmd.ack_id):
             return
-        pending = self.debouncer.by_operation.get(op_id)
+        waiter = FieldWaiter(conn, op_id, cmd.ack_id, record_key)
+        pending = self.debouncer.by_operation.get(record_key)
         if pending is not None:
             # a retry of a write still waiting: one more confirmation, same write
-            pending.waiters.append(FieldWaiter(conn, op_id, cmd.ack_id))
+            pending.waiters.append(waiter)
             return
         key = (msg.collection, msg.id, tuple(msg.path))
-        self.debouncer.add(key, msg.value, FieldWaiter(conn, op_id, cmd.ack_id),
-                           msg.timestamp, now)
+        self.debouncer.add(key, msg.value, waiter, msg.timestamp, now)
 
     def plan_field(self, entry: PendingField) -> None:
         collection, entity_id, path = entry.key
@@ -224,14 +237,15 @@ class Batch:
             "serverTimestamp": now_ms,
         }
         results: list[tuple[FieldWaiter, dict[str, Any]]] = []
-        seen: set[str] = set()
+        seen: dict[str, str] = {}  # record key -> operation id
         for w in entry.waiters:
             result = {"ok": True, "operationId": w.operation_id, "seq": seq,
                       "serverTimestamp": now_ms}
             results.append((w, result))
-            if w.operation_id not in seen:
-                seen.add(w.operation_id)
-                self.operations[w.operation_id] = OperationRecord(w.operation_id, seq, result)
+            rkey = w.record_key or operation_key("u", w.conn.identity.user_id, w.operation_id)
+            if rkey not in seen:
+                seen[rkey] = w.operation_id
+                self.operations[rkey] = OperationRecord(rkey, seq, result)
         self.history.append(HistoryEntry(seq, "field", payload, now_ms / 1000))
 
         def deliver() -> None:
@@ -240,16 +254,16 @@ class Batch:
             self.broadcast("field", payload, exclude=writer)
             for w, result in results:
                 w.conn.confirm(w.ack_id, result)
-            for op_id in seen:  # retries that arrived after the write was planned
-                first = self.operations[op_id].result
-                for other, other_ack in self.late_answers.get(op_id, ()):
+            for rkey in seen:  # retries that arrived after the write was planned
+                first = self.operations[rkey].result
+                for other, other_ack in self.late_answers.get(rkey, ()):
                     other.confirm(other_ack, first)
 
         def fail(err: CollabError) -> None:
             for w in entry.waiters:
                 w.conn.reply_error(w.ack_id, err, "field", w.operation_id)
-            for op_id in seen:
-                for other, other_ack in self.late_answers.get(op_id, ()):
+            for rkey, op_id in seen.items():
+                for other, other_ack in self.late_answers.get(rkey, ()):
                     other.reply_error(other_ack, err, "field", op_id)
 
         self.deliveries.append(deliver)
@@ -258,7 +272,7 @@ class Batch:
     def plan_chat(self, cmd: ChatCmd) -> None:
         msg, conn = cmd.msg, cmd.conn
         # a clientId makes a chat message idempotent like an operationId
-        key = f"chat:{_identity(conn)[0]}:{msg.client_id}" if msg.client_id else None
+        key = operation_key("c", conn.identity.user_id, msg.client_id) if msg.client_id else None
         if key is not None:
             record = self.committed.get(key)
             if record is not None:  # a retry: the first answer, no second message

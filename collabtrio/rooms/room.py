@@ -24,7 +24,9 @@ load from storage (joins wait in the mailbox); if that fails they are refused wi
 members for ``room_idle_s`` (and nothing left to write) the room removes itself from
 the registry (synchronously, after checking that its mailbox is
 empty) and its nursery exits. Cancelling the room's scope tears it down the same way:
-every member forgets the room. However the room ends, every component's final flush
+every member forgets the room. A room that fails (a bug: client input cannot make it
+fail) tells each member with ``room-error`` (``INTERNAL``, retryable) as it drops it,
+so clients can join again. However the room ends, every component's final flush
 runs shielded, with a deadline, so what was written is committed.
 
 Invariants: ``conn.rooms[room.id] is room`` exactly when ``conn`` is in ``members``;
@@ -54,6 +56,10 @@ from .presence import Member, presence_payload
 log = logging.getLogger(__name__)
 
 IDLE_RECHECK_S = 0.1
+
+_ROOM_FAILED = CollabError(
+    ErrorCode.INTERNAL, "the room closed after an internal error; you are no longer a member: "
+    "join again", retryable=True)
 
 class RoomComponent(Protocol):
     """A part of a room with a task and state of its own (the document keeper, Yjs).
@@ -136,6 +142,7 @@ class Room:
         self._factories = components
         self.last_activity = registry.wall_ms()
         self.closed = False
+        self._failed = False
         self.cancel_scope = trio.CancelScope()
         self._presence_dirty = False
         # membership version, and the version each joiner of this batch saw in its ack
@@ -184,6 +191,7 @@ class Room:
         except Exception:
             # contained here: a failing room closes, the registry and the server go on
             log.exception("room %s failed; closing it", self.id)
+            self._failed = True
         finally:
             await self._close_components()
             self._teardown()
@@ -244,6 +252,10 @@ class Room:
         for conn in self.members:
             if conn.rooms.get(self.id) is self:
                 del conn.rooms[self.id]
+                if self._failed:
+                    # a clean leave the client hears about, so it can join again
+                    conn.emit("room-error", {"room": self.id, "ok": False,
+                                             "error": _ROOM_FAILED.to_wire()})
         self.members.clear()
         # commands that arrived after the decision to close get an answer, not silence
         self._refuse_waiting(CollabError(ErrorCode.INTERNAL, "room closed; try again"))

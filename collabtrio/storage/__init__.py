@@ -25,6 +25,7 @@ from .base import (
     StorageError,
     StorageUnavailable,
     Store,
+    UnstorableValue,
 )
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "Store",
+    "UnstorableValue",
     "open_store",
 ]
 

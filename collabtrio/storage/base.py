@@ -3,7 +3,9 @@
 Implementations run blocking database drivers on worker threads (``trio.to_thread``),
 so nothing here blocks the trio loop. Errors that mean "the database cannot be reached
 or written right now" are raised as :class:`StorageUnavailable`; the server turns them
-into ``STORAGE_UNAVAILABLE`` (retryable) for the clients concerned.
+into ``STORAGE_UNAVAILABLE`` (retryable) for the clients concerned. Data that no
+backend can store (NaN, infinities, lone surrogates) is :class:`UnstorableValue`: the
+data's fault, so it is never reported as an outage.
 
 The unit of writing is :class:`RoomChanges`: everything one room commits at once (a
 batch of operations, one debounce flush, chat messages). :meth:`Store.commit` writes
@@ -38,6 +40,15 @@ class StorageUnavailable(StorageError):
     """The database is unreachable or refuses writes right now; try again later."""
 
 
+class UnstorableValue(StorageError):
+    """A value of the commit is not storable JSON (a non-finite number, a lone
+    surrogate, something that is not JSON). Nothing was written.
+
+    The data's fault, not the database's: retrying the same changes cannot succeed,
+    and the group commit retries the other rooms of the transaction without it.
+    """
+
+
 class SeqConflict(StorageError):
     """A commit was planned on a seq the room is no longer at: another writer got there
     first. Nothing of the commit was written.
@@ -63,11 +74,16 @@ class SeqConflict(StorageError):
 
 @dataclass(frozen=True, slots=True)
 class EntityWrite:
-    """Set (``data`` a dict) or delete (``data`` None) one entity."""
+    """Set (``data`` a dict) or delete (``data`` None) one entity.
+
+    ``encoded`` is ``data`` as stored JSON when the writer already made it (the
+    document measures every entity it writes), so stores do not encode it again.
+    """
 
     collection: str
     id: str
     data: dict[str, Any] | None
+    encoded: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +178,8 @@ class Store(Protocol):
         """Write every :class:`RoomChanges` in one transaction, all or nothing.
 
         Raises :class:`SeqConflict` (nothing written) if a room's stored seq is not the
-        ``base_seq`` of its changes, :class:`StorageUnavailable` (nothing written) if it
+        ``base_seq`` of its changes, :class:`UnstorableValue` (nothing written) if a
+        value is not storable JSON, :class:`StorageUnavailable` (nothing written) if it
         cannot commit for another reason.
         """
 

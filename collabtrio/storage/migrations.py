@@ -18,7 +18,10 @@ JSONB in PostgreSQL):
 - ``history(room, seq, event, payload, created_at)``: the replay window, trimmed to
   ``history_limit`` by every commit.
 - ``operations(room, operation_id, seq, result)``: first result of each operation id,
-  trimmed together with history (by ``seq``).
+  trimmed together with history (by ``seq``). Since version 2 ``operation_id`` holds
+  the sender's key (``u<len>:<user id>:<operationId>``, ``c<len>:<user id>:<clientId>``
+  for chat), so two users' ids never collide; migration 2 rewrote the older plain ids
+  from the user id of their history entry (or chat message).
 - ``chat_messages(room, seq, user_id, user_name, text, client_id, created_at)``: never
   trimmed; paged with ``chat_page``.
 - ``grants(pattern, user_id, role)`` and ``meta(key, value)`` holding
@@ -31,7 +34,8 @@ import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from .base import EntityWrite, RoomChanges, SeqConflict, StorageUnavailable
+from ..protocol import jsonsafe
+from .base import EntityWrite, RoomChanges, SeqConflict, UnstorableValue
 
 SQLITE_MIGRATIONS: list[str] = [
     # 1: the initial schema
@@ -87,6 +91,20 @@ SQLITE_MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     INSERT INTO meta (key, value) VALUES ('grants_version', '0');
+    """,
+    # 2: operation records keyed per sender (user id), so ids of two users never collide
+    """
+    UPDATE operations
+    SET operation_id = 'u' || length(h.uid) || ':' || h.uid || ':' || operations.operation_id
+    FROM (SELECT room, seq, json_extract(payload, '$.userId') AS uid FROM history
+          WHERE event IN ('op', 'field')) AS h
+    WHERE operations.operation_id NOT LIKE 'chat:%'
+      AND h.room = operations.room AND h.seq = operations.seq AND h.uid IS NOT NULL;
+    UPDATE operations
+    SET operation_id = 'c' || length(m.user_id) || ':' || m.user_id || ':' || m.client_id
+    FROM chat_messages AS m
+    WHERE operations.operation_id LIKE 'chat:%'
+      AND m.room = operations.room AND m.seq = operations.seq AND m.client_id IS NOT NULL;
     """,
 ]
 
@@ -145,6 +163,21 @@ POSTGRES_MIGRATIONS: list[str] = [
     );
     INSERT INTO meta (key, value) VALUES ('grants_version', '0');
     """,
+    # 2: operation records keyed per sender (user id), so ids of two users never collide
+    """
+    UPDATE operations AS o
+    SET operation_id = 'u' || length(h.payload->>'userId') || ':' || (h.payload->>'userId')
+                       || ':' || o.operation_id
+    FROM history AS h
+    WHERE o.operation_id NOT LIKE 'chat:%'
+      AND h.room = o.room AND h.seq = o.seq AND h.event IN ('op', 'field')
+      AND h.payload->>'userId' IS NOT NULL;
+    UPDATE operations AS o
+    SET operation_id = 'c' || length(m.user_id) || ':' || m.user_id || ':' || m.client_id
+    FROM chat_messages AS m
+    WHERE o.operation_id LIKE 'chat:%'
+      AND m.room = o.room AND m.seq = o.seq AND m.client_id IS NOT NULL;
+    """,
 ]
 
 LATEST_VERSION = len(SQLITE_MIGRATIONS)
@@ -162,13 +195,13 @@ def too_new_message(where: str, version: int, known: int) -> str:
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON for a stored column; :class:`StorageUnavailable` if ``value`` is
-    not JSON (NaN and infinities included: PostgreSQL's JSONB rejects them, and every
-    backend must accept the same data)."""
+    """Compact JSON for a stored column; :class:`UnstorableValue` if ``value`` is not
+    storable JSON (NaN, infinities and lone surrogates included: PostgreSQL's JSONB and
+    UTF-8 text columns reject them, and every backend must accept the same data)."""
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return jsonsafe.dumps(value)
     except (TypeError, ValueError) as exc:
-        raise StorageUnavailable(f"cannot store a value that is not JSON: {exc}") from exc
+        raise UnstorableValue(f"cannot store a value that is not JSON: {exc}") from exc
 
 
 def loads(text: str) -> Any:
@@ -188,7 +221,7 @@ class Encoded(NamedTuple):
 
 def encode(changes: RoomChanges) -> Encoded:
     """Encode the JSON of ``changes`` (entities collapsed by :func:`entity_rows`), so a
-    store can refuse data that is not JSON, with :class:`StorageUnavailable`, before it
+    store can refuse data that is not JSON, with :class:`UnstorableValue`, before it
     writes or checks anything: every backend then fails the same way on it."""
     deletes, sets = entity_rows(changes.entities)
     history = [(h.seq, h.event, dumps(h.payload), h.created_at) for h in changes.history]
@@ -218,16 +251,17 @@ def entity_rows(
     """Collapse a :class:`RoomChanges`' entity writes to their final state (a later
     write to the same key wins): ``(deletes [(collection, id)], sets [(collection, id,
     json)])``, each key in at most one of them, in first-write order."""
-    final: dict[tuple[str, str], dict[str, Any] | None] = {}
+    final: dict[tuple[str, str], EntityWrite] = {}
     for write in entities:
-        final[(write.collection, write.id)] = write.data
+        final[(write.collection, write.id)] = write
     deletes: list[tuple[str, str]] = []
     sets: list[tuple[str, str, str]] = []
-    for (collection, entity_id), data in final.items():
-        if data is None:
+    for (collection, entity_id), write in final.items():
+        if write.data is None:
             deletes.append((collection, entity_id))
         else:
-            sets.append((collection, entity_id, dumps(data)))
+            text = write.encoded if write.encoded is not None else dumps(write.data)
+            sets.append((collection, entity_id, text))
     return deletes, sets
 
 

@@ -25,6 +25,7 @@ from collabtrio.storage import (
     StorageError,
     StorageUnavailable,
     Store,
+    UnstorableValue,
     open_store,
 )
 from collabtrio.storage.migrations import LATEST_VERSION
@@ -275,14 +276,17 @@ async def test_a_failing_batch_writes_nothing(store: Store, clash: str) -> None:
 
 
 async def test_data_that_is_not_json_is_refused_and_nothing_written(store: Store) -> None:
-    for bad in ({"x": math.nan}, {"x": math.inf}, {"x": object()}):
-        with pytest.raises(StorageUnavailable):
+    # the data's fault, not an outage: UnstorableValue, not StorageUnavailable (the group
+    # commit retries the other rooms of the transaction without it)
+    for bad in ({"x": math.nan}, {"x": math.inf}, {"x": object()}, {"x": "\ud800"},
+                {"\udfff": 1}):
+        with pytest.raises(UnstorableValue):
             await store.commit([
                 RoomChanges("ok", 1, LIMIT, base_seq=0, entities=[set_("c", "1", v=1)]),
                 RoomChanges("bad", 1, LIMIT, base_seq=0,
                             entities=[EntityWrite("c", "1", bad)]),
             ])
-    with pytest.raises(StorageUnavailable):
+    with pytest.raises(UnstorableValue):
         await store.commit([RoomChanges("bad", 1, LIMIT, base_seq=0, history=[
             HistoryEntry(1, "op", {"v": math.nan}, 1.0)])])
     assert (await load(store, "ok")).seq == 0

@@ -9,6 +9,7 @@ file, the same PostgreSQL schema, the same named memory store).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -24,6 +25,7 @@ from collabtrio.storage import (
     StorageError,
     StorageUnavailable,
     Store,
+    UnstorableValue,
     open_store,
 )
 from collabtrio.storage.writer import CommitQueue
@@ -218,6 +220,48 @@ async def test_group_commit_retries_the_rooms_of_a_conflict_alone(store: Store) 
     assert sorted(map(tuple, gated.commits[2:])) == [("contested",), ("innocent",)]
     assert (await load(store, "innocent")).seq == 1
     assert [h.seq for h in (await load(store, "contested")).history] == [1]
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), "\ud800"],
+                         ids=["infinity", "nan", "lone-surrogate"])
+async def test_group_commit_retries_without_the_room_whose_data_is_not_storable(
+    store: Store, bad: Any
+) -> None:
+    """One room's value that no backend can store fails only that room's request, with
+    UnstorableValue (the data's fault: never reported as an outage); the rooms merged
+    into the same transaction commit."""
+    gated = _GatedStore(store)
+    queue = CommitQueue(cast(Store, gated))
+    outcome: dict[str, BaseException | None] = {}
+
+    async def request(room: str, **data: Any) -> None:
+        try:
+            await queue.commit([changes(room, 0, 1, **data)])
+            outcome[room] = None
+        except StorageError as exc:
+            outcome[room] = exc
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(queue.run)
+        nursery.start_soon(request, "warm-up")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(request, "innocent")
+        nursery.start_soon(functools.partial(request, "poisoned", value=bad))
+        nursery.start_soon(request, "bystander")
+        await trio.testing.wait_all_tasks_blocked()
+        gated.gate.set()
+        with trio.fail_after(10):
+            while len(outcome) < 4:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert outcome["innocent"] is None
+    assert outcome["bystander"] is None
+    assert isinstance(outcome["poisoned"], UnstorableValue)
+    assert not isinstance(outcome["poisoned"], StorageUnavailable)
+    assert sorted(gated.commits[1]) == ["bystander", "innocent", "poisoned"]
+    assert (await load(store, "innocent")).seq == 1
+    assert (await load(store, "bystander")).seq == 1
+    assert (await load(store, "poisoned")).seq == 0
 
 
 @pytest.mark.parametrize("end", ["commit", "rollback"])

@@ -15,6 +15,7 @@ import wsproto.connection
 import wsproto.events
 
 from collabtrio.protocol import engineio, socketio
+from collabtrio.protocol.jsonsafe import UnsafeJSON
 from collabtrio.protocol.outgoing import Outgoing
 
 
@@ -97,3 +98,23 @@ def test_socketio_and_engineio_packets_as_given() -> None:
 def test_non_json_payload_is_refused() -> None:
     with pytest.raises(TypeError):
         Outgoing.event("op", {"when": object()})
+
+
+@pytest.mark.parametrize("payload", [
+    {"x": float("inf")}, {"x": float("-inf")}, {"x": float("nan")},
+    {"name": "lone \ud800"}, {"\udfff": 1}, ["ok", {"deep": ["\ud83d"]}],
+])
+def test_nothing_built_for_the_wire_is_invalid_json(payload: object) -> None:
+    """A message that would carry a non-finite number or a lone surrogate cannot be
+    built: the error is raised where it was made, never as a broken frame later."""
+    with pytest.raises(UnsafeJSON):
+        Outgoing.event("presence", payload)
+    with pytest.raises(UnsafeJSON):
+        Outgoing.ack(1, payload)
+    with pytest.raises(UnsafeJSON):
+        Outgoing.event("bin", {"blob": b"\x00", "bad": payload})
+
+
+def test_valid_astral_characters_and_big_integers_are_kept() -> None:
+    out = Outgoing.event("chat", {"text": "🎉 ok", "n": 2**70})
+    assert out.packet == '42["chat",{"text":"🎉 ok","n":1180591620717411303424}]'
