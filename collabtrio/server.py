@@ -9,7 +9,7 @@ Task tree (each line a nursery or a long-lived task)::
       ├─ RoomRegistry.run             one nursery per open room: room task + components
       ├─ watch_grants                 stored role changes reach connected members
       └─ connections nursery
-          ├─ accept loop              trio.serve_listeners
+          ├─ accept loop              transport.accept.serve_listeners (backs off on EMFILE)
           └─ one task per connection  front door: HTTP/1.1 requests | WebSocket session
                └─ outbox writer task     (the session's task itself reads)
 
@@ -49,6 +49,7 @@ from .storage import open_store
 from .storage.base import Store
 from .storage.writer import CommitQueue
 from .timers import Timers
+from .transport.accept import FD_MARGIN, raise_open_file_limit, serve_listeners
 from .transport.frontdoor import Router, serve_stream
 from .transport.session import SocketIOSession
 
@@ -164,6 +165,9 @@ class Server:
                     await root.start(watch_grants, ctx)
                     listeners: list[trio.SocketListener] = []
                     if listen:
+                        # one descriptor per connection, authenticated or not
+                        raise_open_file_limit(cfg.max_connections + cfg.max_unauthenticated
+                                              + FD_MARGIN)
                         listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
                         self.port = listeners[0].socket.getsockname()[1]
                     async with trio.open_nursery() as conns:
@@ -199,18 +203,21 @@ class Server:
 
     async def _accept(self, listeners: list[trio.SocketListener], conns: trio.Nursery) -> None:
         with self._accept_scope:
-            await trio.serve_listeners(self._serve_stream, listeners, handler_nursery=conns)
+            # not trio.serve_listeners: out of descriptors, it logs every failed accept
+            await serve_listeners(self._serve_stream, listeners, handler_nursery=conns)
 
-    async def _serve_stream(self, stream: trio.abc.Stream) -> None:
+    async def _serve_stream(self, stream: trio.abc.Stream, remote: str | None = None) -> None:
         assert self._router is not None
         await serve_stream(stream, self._router, max_body_bytes=self.config.max_payload,
-                           keep_alive_s=self.config.http_keep_alive_s)
+                           keep_alive_s=self.config.http_keep_alive_s, remote=remote)
 
-    def connect_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve a client on an already-open stream (e.g. one end of a memory pair)."""
+    def connect_stream(self, stream: trio.abc.Stream, *, remote: str | None = None) -> None:
+        """Serve a client on an already-open stream (e.g. one end of a memory pair);
+        ``remote`` is the client's ``host:port`` to record (default: the stream's peer,
+        ``memory`` for an in-memory stream)."""
         if self._conn_nursery is None:
             raise RuntimeError("the server is not running")
-        self._conn_nursery.start_soon(self._serve_stream, stream)
+        self._conn_nursery.start_soon(self._serve_stream, stream, remote)
 
 
 async def serve(

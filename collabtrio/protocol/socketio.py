@@ -37,6 +37,7 @@ __all__ = [
     "MAX_ACK_ID",
     "Decoder",
     "Packet",
+    "PacketTooLarge",
     "PacketType",
     "SocketIOProtocolError",
     "TooManyAttachments",
@@ -91,6 +92,28 @@ class SocketIOProtocolError(ValueError):
 
 class TooManyAttachments(SocketIOProtocolError):
     """A binary packet announced more attachments than the decoder allows."""
+
+
+class PacketTooLarge(SocketIOProtocolError):
+    """A packet (its text plus the attachments received so far) passed the byte limit.
+
+    The packet is refused, not the connection: the decoder discards the rest of its
+    attachments as they arrive. ``size`` is what had arrived when the limit was passed
+    (the whole packet when ``complete``), ``limit`` the limit; ``type``, ``namespace``,
+    ``ack_id`` and ``event`` (an event's name, when its JSON was read) say what to
+    answer.
+    """
+
+    def __init__(self, message: str, *, ptype: PacketType, namespace: str,
+                 ack_id: int | None, event: str | None, size: int, limit: int,
+                 complete: bool) -> None:
+        super().__init__(message, ack_id=ack_id)
+        self.type = ptype
+        self.namespace = namespace
+        self.event = event
+        self.size = size
+        self.limit = limit
+        self.complete = complete
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,43 +317,85 @@ def _read_digits(
     return int(text[start:end]), end
 
 
+def _text_size(text: str, limit: int | None) -> int:
+    """The bytes of the Engine.IO message that carried ``text``: its UTF-8 length plus
+    the ``"4"``. The character count stands in for a plain packet surely within
+    ``limit`` (encoding every event just to measure it would cost more than the rest);
+    a binary packet is measured exactly, since its attachments add up with it."""
+    size = len(text) + 1
+    if limit is not None and (size * 4 > limit or text[:1] in ("5", "6")):
+        size = len(text.encode("utf-8", "surrogatepass")) + 1
+    return size
+
+
 class Decoder:
     """Incremental decoder for the Socket.IO frames of one connection.
 
     Feed it every Engine.IO ``MESSAGE`` payload in order: text frames (with the
     Engine.IO ``"4"`` already stripped) and binary frames.  It returns each
     complete :class:`Packet`, or ``None`` while a binary packet still waits for
-    attachments.  After it raised, its state is reset (no packet pending).
+    attachments (or while it discards them).  After it raised, no packet is pending.
+
+    With ``max_bytes``, a packet is measured as it arrives: the Engine.IO message of
+    its text (the UTF-8 text plus the ``"4"`` it travelled behind) plus each
+    attachment received so far. Once that passes ``max_bytes`` the packet raises
+    :class:`PacketTooLarge` and its remaining attachments are discarded as they
+    arrive, so a binary packet never holds more than ``max_bytes`` (plus one frame)
+    in memory. :meth:`discard` does the same on the caller's request (a packet it will
+    not use).
     """
 
-    __slots__ = ("_buffers", "_count", "_max_attachments", "_pending")
+    __slots__ = ("_buffers", "_count", "_max_attachments", "_max_bytes", "_pending",
+                 "_size", "_skip")
 
-    def __init__(self, *, max_attachments: int = 10) -> None:
-        """Create a decoder allowing at most ``max_attachments`` per binary packet."""
+    def __init__(self, *, max_attachments: int = 10, max_bytes: int | None = None) -> None:
+        """Create a decoder allowing at most ``max_attachments`` per binary packet and,
+        with ``max_bytes``, at most that many bytes per packet."""
         self._max_attachments = max_attachments
+        self._max_bytes = max_bytes
         self._pending: Packet | None = None
         self._count = 0
         self._buffers: list[bytes] = []
+        self._size = 0
+        self._skip = 0  # attachments of a refused packet still to discard
 
     @property
     def pending(self) -> bool:
         """Whether a binary packet is waiting for more attachment frames."""
         return self._pending is not None
 
+    @property
+    def discarding(self) -> bool:
+        """Whether the attachments of a refused (or discarded) packet are being skipped."""
+        return self._skip > 0
+
     def _reset(self) -> None:
         self._pending = None
         self._count = 0
         self._buffers = []
+        self._size = 0
+        self._skip = 0
 
     def feed(self, frame: str | bytes) -> Packet | None:
         """Feed one frame; return a complete packet or ``None`` if more frames are needed.
 
-        Raises :class:`SocketIOProtocolError` (or :class:`TooManyAttachments`)
-        for anything malformed or out of order.
+        Raises :class:`SocketIOProtocolError` (or :class:`TooManyAttachments`, or
+        :class:`PacketTooLarge`) for anything malformed, out of order or too large.
         """
         if isinstance(frame, bytes | bytearray | memoryview):
-            if self._pending is None:
+            if self._skip:
+                self._skip -= 1  # a refused packet's attachment: dropped unread
+                return None
+            pending = self._pending
+            if pending is None:
                 raise SocketIOProtocolError("binary frame received with no binary packet pending")
+            self._size += len(frame)
+            if self._max_bytes is not None and self._size > self._max_bytes:
+                remaining = self._count - len(self._buffers) - 1
+                size = self._size
+                self._reset()
+                self._skip = remaining
+                raise self._too_large(pending, size, complete=remaining == 0)
             self._buffers.append(bytes(frame))
             if len(self._buffers) < self._count:
                 return None
@@ -338,6 +403,8 @@ class Decoder:
         if not isinstance(frame, str):
             self._reset()
             raise SocketIOProtocolError(f"frame must be str or bytes, not {type(frame).__name__}")
+        # a text frame ends the skipping of a refused packet: it was answered already
+        self._skip = 0
         if self._pending is not None:
             # the abandoned binary packet's ack id travels with the error, so that
             # event is still answered
@@ -346,18 +413,45 @@ class Decoder:
             raise SocketIOProtocolError(
                 "text frame received while binary attachments are pending", ack_id=pending_id
             )
+        size = _text_size(frame, self._max_bytes)
         packet, count = self._parse(frame)
+        if self._max_bytes is not None and size > self._max_bytes:
+            self._skip = count if packet.type in _BINARY_TYPES else 0
+            raise self._too_large(packet, size, complete=self._skip == 0)
         if packet.type not in _BINARY_TYPES or count == 0:
             return packet
         self._pending = packet
         self._count = count
+        self._size = size
         return None
+
+    def _too_large(self, packet: Packet, size: int, *, complete: bool) -> PacketTooLarge:
+        limit = self._max_bytes
+        assert limit is not None
+        data = packet.data
+        event = data[0] if packet.type in _EVENT_TYPES and isinstance(data, list) and data and (
+            isinstance(data[0], str)) else None
+        what = f"{size} bytes" if complete else f"at least {size} bytes"
+        return PacketTooLarge(f"packet is {what}; the limit is {limit}", ptype=packet.type,
+                              namespace=packet.namespace, ack_id=packet.id, event=event,
+                              size=size, limit=limit, complete=complete)
 
     def abandon(self) -> int | None:
         """Drop a binary packet still waiting for attachments; return its ack id."""
         pending_id = self._pending.id if self._pending is not None else None
         self._reset()
         return pending_id
+
+    def discard(self) -> int | None:
+        """Drop the pending binary packet and skip the rest of its attachments as they
+        arrive (for a packet the caller will not use); return its ack id."""
+        pending = self._pending
+        if pending is None:
+            return None
+        remaining = self._count - len(self._buffers)
+        self._reset()
+        self._skip = remaining
+        return pending.id
 
     def _complete(self) -> Packet:
         pending = self._pending

@@ -33,7 +33,8 @@ from ..protocol import engineio
 from ..protocol.outgoing import Outgoing
 from .cors import OriginPolicy
 from .engine import EngineIOSession
-from .frontdoor import HttpRequest, HttpResponse, first, send_error
+from .frontdoor import HttpRequest, HttpResponse, abort_stream, first, send_error
+from .limits import Admission, client_address
 from .outbox import Outbox
 from .polling import PollQueue
 from .session import Application, SocketIOSession
@@ -62,12 +63,15 @@ _NOOP: Final = Outgoing.engineio(engineio.NOOP_FRAME)
 
 
 class EngineError(Exception):
-    """A request the endpoint refuses: HTTP ``status`` with Engine.IO ``code``."""
+    """A request the endpoint refuses: HTTP ``status`` with Engine.IO ``code`` (and any
+    extra response ``headers``)."""
 
-    def __init__(self, status: int, code: int, detail: str | None = None) -> None:
+    def __init__(self, status: int, code: int, detail: str | None = None,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(detail or _MESSAGES[code])
         self.status = status
         self.code = code
+        self.headers = headers
 
     def body(self) -> bytes:
         """Engine.IO's error body."""
@@ -79,8 +83,11 @@ class EngineEndpoint:
 
     def __init__(self, app: Application) -> None:
         self.app = app
-        self.origins = OriginPolicy(app.config.cors_origins or "")
+        cfg = app.config
+        self.origins = OriginPolicy(cfg.cors_origins or "")
         self.by_sid: dict[str, SocketIOSession] = {}
+        self.admission = Admission(cfg.max_connections, cfg.max_unauthenticated,
+                                   cfg.max_unauthenticated_per_address)
 
     # -- checks --------------------------------------------------------------------------
 
@@ -93,9 +100,13 @@ class EngineEndpoint:
         if transport not in ("polling", "websocket"):
             raise EngineError(400, UNKNOWN_TRANSPORT)
 
-    def _check_capacity(self) -> None:
-        if len(self.app.sessions) >= self.app.config.max_connections:
-            raise EngineError(503, BAD_REQUEST, "server full")
+    def _check_capacity(self, request: HttpRequest) -> None:
+        refusal = self.admission.refusal(client_address(request.remote))
+        if refusal is not None:
+            # a new session is unauthenticated: it waits for a CONNECT slot among the
+            # unauthenticated ones, never among the connected
+            retry = max(1, round(self.app.config.connect_timeout_s))
+            raise EngineError(503, BAD_REQUEST, refusal, (("retry-after", str(retry)),))
 
     def _session(self, request: HttpRequest, sid: str) -> SocketIOSession:
         session = self.by_sid.get(sid)
@@ -118,7 +129,7 @@ class EngineEndpoint:
                      carrier: ServerWebSocket | PollQueue) -> SocketIOSession:
         session = SocketIOSession(self.app, carrier, headers=request.headers,
                                   query=request.query, remote=request.remote,
-                                  on_finish=self._forget)
+                                  on_finish=self._forget, admission=self.admission)
         self.by_sid[session.engine.sid] = session
         session.start()
         return session
@@ -148,13 +159,14 @@ class EngineEndpoint:
             else:
                 raise EngineError(400, BAD_REQUEST, f"method {request.method} not allowed")
         except EngineError as err:
-            return HttpResponse(err.status, err.body(), "application/json", cors)
+            return HttpResponse(err.status, err.body(), "application/json",
+                                (*cors, *err.headers))
         return HttpResponse(200, body, _TEXT, cors)
 
     def _handshake(self, request: HttpRequest) -> bytes:
         if request.method != "GET":
             raise EngineError(400, BAD_HANDSHAKE_METHOD)
-        self._check_capacity()
+        self._check_capacity(request)
         cfg = self.app.config
         session = self._new_session(request, PollQueue(cfg.outbox_max_bytes))
         assert session.poll is not None
@@ -208,7 +220,7 @@ class EngineEndpoint:
             ws.start_handshake(raw)
             del raw  # held by this frame for the whole session otherwise
         except HandshakeError as exc:
-            await send_error(stream, 400, f"bad WebSocket handshake: {exc}")
+            await send_error(stream, exc.status, f"bad WebSocket handshake: {exc}", exc.headers)
             return
         sid = first(request.query, "sid")
         try:
@@ -217,17 +229,21 @@ class EngineEndpoint:
                 raise EngineError(400, BAD_REQUEST, "a polling request with an upgrade")
             upgrading = self._upgradable(sid) if sid is not None else None
             if upgrading is None and sid is None:
-                self._check_capacity()
+                self._check_capacity(request)
         except EngineError as err:
-            await ws.reject(err.status, err.body())
+            await ws.reject(err.status, err.body(), err.headers)
             return
         await ws.accept()
         if sid is not None and upgrading is None:
             # the session upgraded already (or another WebSocket probes it): as the
             # reference server does, the handshake completes and the socket is closed
             ws.close(1008, "the session is not upgradable")
-            with trio.move_on_after(1.0):
-                await ws.outbox.run_writer(stream)
+            try:
+                with trio.move_on_after(1.0):
+                    await ws.outbox.run_writer(stream)
+            finally:
+                if ws.outbox.torn:
+                    abort_stream(stream)
             return
         writer_done = trio.Event()
 
@@ -246,12 +262,18 @@ class EngineEndpoint:
                     else:
                         await self._new_session(request, ws).run()
                 finally:
-                    # let the writer flush the last frames (close frame included)
+                    # let the writer flush the last frames (close frame included);
+                    # one still blocked then is cut off, and the connection aborted
                     with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                         await writer_done.wait()
                     nursery.cancel_scope.cancel()
         except Exception:
             log.exception("WebSocket session failed")
+        finally:
+            if ws.outbox.torn:
+                # part of a frame may be on the wire: a RST, so the client cannot take
+                # what it got for a complete stream
+                abort_stream(stream)
 
     def _upgradable(self, sid: str) -> SocketIOSession | None:
         """The polling session ``sid`` names, None if it cannot upgrade (any more)."""

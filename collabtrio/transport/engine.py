@@ -49,13 +49,14 @@ from .websocket import ServerWebSocket, WebSocketClosed
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLOSE_GOING_AWAY", "CLOSE_POLICY", "CLOSE_PROTOCOL_ERROR", "EngineHost",
-           "EngineIOSession", "new_sid"]
+__all__ = ["CLOSE_GOING_AWAY", "CLOSE_POLICY", "CLOSE_PROTOCOL_ERROR", "CLOSE_TRY_AGAIN_LATER",
+           "EngineHost", "EngineIOSession", "new_sid"]
 
-# Close codes of RFC 6455 used here.
+# Close codes of RFC 6455 (and its IANA registry) used here.
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN_LATER = 1013
 
 _PING = Outgoing.engineio(engineio.PING_FRAME)
 _NOOP = Outgoing.engineio(engineio.NOOP_FRAME)
@@ -128,9 +129,11 @@ class EngineIOSession:
         if isinstance(carrier, PollQueue):
             self.poll = carrier
             self._push = carrier.push
+            carrier.on_high_water = self._high_water_notice
         else:
             self.ws = carrier
             self._push = carrier.outbox.send
+            carrier.outbox.on_high_water = self._high_water_frame
         self._probe: ServerWebSocket | None = None
         self.sid = new_sid()
         self.close_reason: str | None = None
@@ -208,6 +211,26 @@ class EngineIOSession:
             poll.close()
             # a graceful kick (a DISCONNECT was queued) waits for the client's next poll
             self._finish(linger=notify)
+
+    def _high_water_notice(self, queued: int) -> Outgoing | None:
+        """The ``warning`` event for a client whose queue passed half its bound (the
+        queue puts it first), or None when this session has nobody to tell."""
+        if self.close_reason is not None:
+            return None
+        limit = self.app.config.outbox_max_bytes
+        log.info("%s: outbound queue past half full (%d of %d bytes)", self.sid, queued, limit)
+        return Outgoing.event("warning", {
+            "code": "SLOW_CONSUMER",
+            "message": "outbound queue is over half full; read faster, or this connection "
+                       "is closed (slow-consumer) once it overflows",
+            "queuedBytes": queued,
+            "limitBytes": limit,
+            "retryable": True,
+        })
+
+    def _high_water_frame(self, queued: int) -> bytes | None:
+        notice = self._high_water_notice(queued)
+        return None if notice is None else notice.ws_frames()
 
     def disconnect_slow_consumer(self) -> None:
         """Drop what is queued and disconnect: the client recovers with ``join {since}``."""
@@ -340,6 +363,11 @@ class EngineIOSession:
 
     def _on_probe_message(self, ws: ServerWebSocket, message: str | bytes) -> bool:
         """One message on the WebSocket being probed; False ends the probe."""
+        if self.close_reason is not None:
+            # the session is closing or closed (its probe was told): the engine session
+            # takes no more packets, so the probe ends here
+            ws.close(CLOSE_GOING_AWAY, "session closed")
+            return False
         try:
             event = self.engine.receive(engineio.decode_ws(message), "websocket")
         except RemoteProtocolError as exc:
@@ -369,6 +397,7 @@ class EngineIOSession:
         poll.close()
         self.ws, self.poll, self._probe = ws, None, None
         self._push = ws.outbox.send
+        ws.outbox.on_high_water = self._high_water_frame
         for out, volatile in waiting:
             self.send(out, volatile)  # a queue that overflows here is a slow consumer
 
@@ -409,6 +438,8 @@ class EngineIOSession:
         await self._on_engine_packet(packet, via)
 
     async def _on_engine_packet(self, packet: engineio.Packet, via: Transport) -> None:
+        if self.engine.state is State.CLOSED:
+            return  # what arrives after the end is dropped, like a CLOSING session does
         try:
             event = self.engine.receive(packet, via)
         except RemoteProtocolError as exc:

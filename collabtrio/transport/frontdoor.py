@@ -12,9 +12,10 @@ right after it), which the WebSocket layer feeds to wsproto.
 Limits: a request head must be complete within :data:`HEAD_TIMEOUT_S` of its start
 (for the first request, of the connection's start; an idle keep-alive connection waits
 at most ``keep_alive_s`` for the next request to start, 5 s by default as in Node's
-HTTP server) and is at most :data:`MAX_HEAD_BYTES` (431); a body must arrive within
-:data:`BODY_TIMEOUT_S` and be at most ``max_body_bytes`` (else 413, at once when its
-``Content-Length`` says so, and the connection is closed).
+HTTP server) and is at most :data:`MAX_HEAD_BYTES` as it was sent, however it arrives
+(431); a body must be at most ``max_body_bytes`` (else 413, at once when its
+``Content-Length`` says so) and arrive within :data:`BODY_TIMEOUT_S` (else 408); either
+way the connection is closed. A WebSocket upgrade needs HTTP/1.1 or later (400).
 
 Every HTTP response is written by :func:`send_response`.
 """
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -54,6 +57,7 @@ class HttpRequest:
     headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
     remote: str
     body: bytes = b""
+    http_version: str = "1.1"
 
     @property
     def is_websocket_upgrade(self) -> bool:
@@ -174,6 +178,7 @@ def _request_of(event: h11.Request, remote: str) -> HttpRequest:
         query=parse_qs(parts.query, keep_blank_values=True),
         headers=headers,
         remote=remote,
+        http_version=event.http_version.decode("ascii"),
     )
 
 
@@ -191,24 +196,34 @@ async def _next_event(
 
 def _head_bytes(event: h11.Request) -> bytes:
     """The request head again, for the WebSocket layer (wsproto parses it itself)."""
-    lines = [event.method + b" " + event.target + b" HTTP/1.1"]
+    lines = [event.method + b" " + event.target + b" HTTP/" + event.http_version]
     lines.extend(name + b": " + value for name, value in event.headers)
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-async def _read_body(stream: trio.abc.Stream, conn: h11.Connection, max_bytes: int) -> bytes | None:
-    """The request body, or None if it is larger than ``max_bytes`` or never ends."""
+class _BodyRefused(Exception):
+    """The request body cannot be served: answer ``status`` and close."""
+
+    def __init__(self, status: int, message: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.message = message
+
+
+async def _read_body(stream: trio.abc.Stream, conn: h11.Connection, max_bytes: int) -> bytes:
+    """The request body; :class:`_BodyRefused` if it is larger than ``max_bytes`` or the
+    client ends the connection before it does."""
     body = bytearray()
     while True:
         event = await _next_event(stream, conn)
         if isinstance(event, h11.Data):
             body += event.data
             if len(body) > max_bytes:
-                return None
+                raise _BodyRefused(413, b"request body too large\n")
         elif isinstance(event, h11.EndOfMessage):
             return bytes(body)
         else:
-            return None
+            raise _BodyRefused(400, b"incomplete request body\n")
 
 
 def _reason(status: int) -> str:
@@ -247,25 +262,45 @@ async def send_response(
     await stream.send_all(out)
 
 
-async def send_error(stream: trio.abc.Stream, status: int, message: str) -> None:
+async def send_error(stream: trio.abc.Stream, status: int, message: str,
+                     headers: tuple[tuple[str, str], ...] = ()) -> None:
     """Answer with ``{code: 3, message}`` (Engine.IO's error body) and close; never raises
     for a peer that is already gone."""
+    body = json.dumps({"code": 3, "message": message}).encode()
     try:
-        await send_response(stream, HttpResponse.json(status, {"code": 3, "message": message}))
+        await send_response(stream, HttpResponse(status, body, "application/json", headers))
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
 
 
+def abort_stream(stream: trio.abc.Stream) -> None:
+    """Make the coming close of ``stream`` an abort (a TCP RST, SO_LINGER 0), for a
+    stream that may end inside a WebSocket frame: the peer must see a broken
+    connection, not an orderly end after a torn frame. Other streams are left as they
+    are."""
+    if isinstance(stream, trio.SocketStream):
+        try:
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                     struct.pack("ii", 1, 0))
+        except OSError:
+            pass  # already closed by the peer: nothing left to abort
+
+
 async def serve_stream(
-    stream: trio.abc.Stream, router: Router, *, max_body_bytes: int, keep_alive_s: float = 5.0
+    stream: trio.abc.Stream, router: Router, *, max_body_bytes: int, keep_alive_s: float = 5.0,
+    remote: str | None = None,
 ) -> None:
     """Serve one accepted stream until it is done; never raises (except Cancelled).
+
+    ``remote`` is the client's ``host:port`` when the stream's own peer address is not
+    it (an in-memory stream); by default, the peer's address.
 
     Resource handling: the stream is closed when this returns, whatever happened, except
     that a WebSocket handler owns it (and closes it) once the upgrade was handed over.
     """
     try:
-        upgrade = await _serve_http(stream, router, max_body_bytes, keep_alive_s)
+        upgrade = await _serve_http(stream, router, max_body_bytes, keep_alive_s,
+                                    remote or remote_of(stream))
         if upgrade is not None:
             # the HTTP parser and its events are gone with _serve_http's frame: a
             # session that lasts as long as its client keeps nothing of them
@@ -282,32 +317,39 @@ async def serve_stream(
 
 
 async def _serve_http(
-    stream: trio.abc.Stream, router: Router, max_body_bytes: int, keep_alive_s: float
+    stream: trio.abc.Stream, router: Router, max_body_bytes: int, keep_alive_s: float,
+    remote: str,
 ) -> tuple[WebSocketHandler, HttpRequest, bytes] | None:
     """Answer requests until the connection is done, or return a WebSocket upgrade
     (its handler, request and raw bytes) to hand the stream to."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-    remote = remote_of(stream)
+    counted = _CountingStream(stream)
     first_request = True
     while True:
         try:
+            # bytes of this request already read: what h11 holds unparsed
+            start = counted.received - len(conn.trailing_data[0])
             if not first_request and not conn.trailing_data[0]:
                 # idle between requests: wait for the next one to start
                 data: bytes | bytearray = b""
                 with trio.move_on_after(keep_alive_s):
-                    data = await stream.receive_some(65536)
+                    data = await counted.receive_some(65536)
                 if not data:
                     return None  # idle too long, or closed by the peer
                 conn.receive_data(bytes(data))
             event = conn.next_event()  # a head already read needs no deadline
             if event is h11.NEED_DATA:
                 with trio.fail_after(HEAD_TIMEOUT_S):
-                    event = await _next_event(stream, conn)
-            if isinstance(event, h11.Request) and _head_size(event) > MAX_HEAD_BYTES:
-                raise h11.RemoteProtocolError("request head too large", 431)
+                    event = await _next_event(counted, conn)
+            if isinstance(event, h11.Request):
+                # h11 bounds only a head still incomplete; one that came whole in a
+                # single read is measured here, as sent (whitespace h11 drops included)
+                consumed = counted.received - len(conn.trailing_data[0]) - start
+                if consumed > MAX_HEAD_BYTES:
+                    raise h11.RemoteProtocolError("request head too large", 431)
         except h11.RemoteProtocolError as exc:
             # h11 knows which status fits (400, 413, 431)
-            await send_response(stream, HttpResponse(exc.error_status_hint or 400,
+            await send_response(counted, HttpResponse(exc.error_status_hint or 400,
                                                      b"bad request\n"))
             return None
         if not isinstance(event, h11.Request):
@@ -316,18 +358,43 @@ async def _serve_http(
         if request.is_websocket_upgrade:
             handler = router.find_websocket(request.path)
             if handler is None:
-                await send_error(stream, 404, "not found")
+                await send_error(counted, 404, "not found")
+                return None
+            if event.http_version < b"1.1":
+                # RFC 6455 section 4.1: the opening handshake is HTTP/1.1 or later
+                await send_error(counted, 400, "a WebSocket upgrade needs HTTP/1.1")
                 return None
             return handler, request, _head_bytes(event) + conn.trailing_data[0]
-        if not await _serve_request(stream, conn, router, request, max_body_bytes):
+        if not await _serve_request(counted, conn, router, request, max_body_bytes):
             return None
         conn.start_next_cycle()
         first_request = False
 
 
-def _head_size(event: h11.Request) -> int:
-    # h11 bounds only a head still incomplete; one that arrived whole is measured here
-    return len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers) + 16
+class _CountingStream(trio.abc.Stream):
+    """A stream that counts the bytes read from it (to measure request heads as sent)."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.received = 0
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """Read from the stream, counting what arrives."""
+        data = await self.stream.receive_some(max_bytes)
+        self.received += len(data)
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Write to the stream."""
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """As the stream's."""
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        """Close the stream."""
+        await self.stream.aclose()
 
 
 async def _serve_request(stream: trio.abc.Stream, conn: h11.Connection, router: Router,
@@ -341,13 +408,16 @@ async def _serve_request(stream: trio.abc.Stream, conn: h11.Connection, router: 
                             close=True)
         return False
     body: bytes | None = None  # stays None if the body takes too long
-    if declared in ("", "0") and "transfer-encoding" not in request.headers:
-        body = await _read_body(stream, conn, limit)  # no body: h11 ends it without I/O
-    else:
-        with trio.move_on_after(BODY_TIMEOUT_S):
-            body = await _read_body(stream, conn, limit)
-    if body is None:
-        await send_response(stream, HttpResponse(413, b"request body too large\n"), conn,
+    try:
+        if declared in ("", "0") and "transfer-encoding" not in request.headers:
+            body = await _read_body(stream, conn, limit)  # no body: h11 ends it without I/O
+        else:
+            with trio.move_on_after(BODY_TIMEOUT_S):
+                body = await _read_body(stream, conn, limit)
+            if body is None:
+                raise _BodyRefused(408, b"request body timed out\n")
+    except _BodyRefused as refused:
+        await send_response(stream, HttpResponse(refused.status, refused.message), conn,
                             close=True)
         return False
     handler = router.find_http(request.path)
@@ -356,7 +426,7 @@ async def _serve_request(stream: trio.abc.Stream, conn: h11.Connection, router: 
     else:
         answer = await handler(HttpRequest(request.method, request.target, request.path,
                                            request.query, request.headers, request.remote,
-                                           body))
+                                           body, request.http_version))
         response = answer if isinstance(answer, HttpResponse) else await _hold(
             stream, conn, answer)
     if response is None:

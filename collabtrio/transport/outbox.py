@@ -23,30 +23,52 @@ server itself produced. Memory per connection is therefore bounded by
 Every byte written to the socket after the handshake goes through the outbox (pongs
 and close frames included), so the writer task owns the stream for writing and no lock
 is needed.
+
+A slow client is told before it is cut off: when what waits behind a blocked write,
+volatile frames not counted (they would be dropped first), first passes half the bound
+(the high-water mark), :attr:`Outbox.on_high_water` gives a
+frame (the session's ``warning`` event) that goes out *first*, ahead of what is queued.
+The writer sends what it took in writes of at most :data:`MAX_WRITE_BYTES` (whole
+frames), so that notice, and after an overflow the ``slow-consumer`` error and the close
+frame (:meth:`Outbox.clear` drops what was taken but not yet written), wait for at
+most one such write. A write that is cancelled may leave part of a frame on the
+stream: :attr:`Outbox.torn` then tells the owner to abort the connection rather than
+close it as if the stream were whole.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import trio
 
 from ..protocol.outgoing import Outgoing
 
 BURST_FACTOR = 8
+MAX_WRITE_BYTES = 256 * 1024
+"""The most one ``send_all`` writes (whole frames; a larger frame goes alone)."""
 
 
 class Outbox:
     """Frames waiting to be written to one WebSocket."""
 
     __slots__ = (
+        "_batch",
+        "_batch_at",
         "_bytes",
         "_frames",
         "_idle",
         "_lot",
         "_sending",
+        "_urgent",
         "_volatile_at",
+        "_volatile_bytes",
+        "_warned",
         "closed",
         "dropped_volatile",
         "max_bytes",
+        "on_high_water",
+        "torn",
     )
 
     def __init__(self, max_bytes: int) -> None:
@@ -54,11 +76,21 @@ class Outbox:
         self._frames: list[bytes] = []
         self._volatile_at: list[int] = []
         self._bytes = 0
+        self._volatile_bytes = 0  # of _bytes: dropped before anything overflows
+        self._batch: list[bytes] = []  # taken by the writer, not yet written
+        self._batch_at = 0
+        self._urgent: list[bytes] = []  # written before anything else
         self._lot = trio.lowlevel.ParkingLot()
         self._idle = True
         self._sending = False
+        self._warned = False
         self.closed = False
         self.dropped_volatile = 0
+        self.on_high_water: Callable[[int], bytes | None] | None = None
+        """Called with the queued bytes once they pass half the bound behind a blocked
+        write; the frame it returns is written first. Re-armed when the queue drains."""
+        self.torn = False
+        """A write was cancelled part-way: the stream may end inside a frame."""
 
     @property
     def queued_bytes(self) -> int:
@@ -81,12 +113,23 @@ class Outbox:
                 return False
         if volatile:
             self._volatile_at.append(len(self._frames))
+            self._volatile_bytes += size
         self._frames.append(frame)
         self._bytes += size
+        if self._sending and not self._warned and (
+                (self._bytes - self._volatile_bytes) * 2 > self.max_bytes):
+            # only what cannot be dropped brings an overflow (a disconnect) closer
+            self._high_water()
         if self._idle:
             self._idle = False
             self._lot.unpark()
         return True
+
+    def _high_water(self) -> None:
+        self._warned = True
+        notice = self.on_high_water(self._bytes) if self.on_high_water is not None else None
+        if notice is not None:
+            self._urgent.append(notice)
 
     def send(self, out: Outgoing, volatile: bool = False) -> bool:
         """Queue the WebSocket frames of ``out`` (encoded once, shared by every member)."""
@@ -106,40 +149,81 @@ class Outbox:
         self._frames = kept
         self._bytes = sum(len(f) for f in kept)
         self._volatile_at.clear()
+        self._volatile_bytes = 0
 
     def clear(self) -> None:
-        """Forget everything queued (used before a forced disconnect)."""
+        """Forget everything queued, and what the writer took but has not written yet
+        (used before a forced disconnect, so that what follows goes out next)."""
         self._frames = []
         self._volatile_at.clear()
         self._bytes = 0
+        self._volatile_bytes = 0
+        self._batch = []
+        self._batch_at = 0
 
     def close(self) -> None:
         """Accept no more frames; the writer stops once the queue is written."""
         self.closed = True
         self._lot.unpark()
 
-    async def run_writer(self, stream: trio.abc.SendStream) -> None:
-        """Write queued frames until closed and drained, or the socket breaks.
-
-        Returns normally in both cases; a broken socket is noticed by the reader.
-        """
-        while True:
-            frames = self._frames
-            if not frames:
-                if self.closed:
-                    return
-                self._idle = True
-                await self._lot.park()
-                continue
-            data = frames[0] if len(frames) == 1 else b"".join(frames)
+    def _next_write(self) -> bytes | None:
+        """What the writer sends next: urgent frames, else whole frames of the batch (up
+        to :data:`MAX_WRITE_BYTES`), taking everything queued as the next batch when the
+        last one is written; None when there is nothing to write."""
+        if self._urgent:
+            urgent = self._urgent
+            self._urgent = []
+            return urgent[0] if len(urgent) == 1 else b"".join(urgent)
+        batch = self._batch
+        at = self._batch_at
+        if at >= len(batch):
+            batch = self._frames
+            if not batch:
+                self._batch = []
+                return None
+            # what was queued is now in flight: the bound applies to what comes after
+            self._batch = batch
             self._frames = []
             self._volatile_at.clear()
             self._bytes = 0
+            self._volatile_bytes = 0
+            at = 0
+        end = at + 1
+        size = len(batch[at])
+        while end < len(batch) and size + len(batch[end]) <= MAX_WRITE_BYTES:
+            size += len(batch[end])
+            end += 1
+        self._batch_at = end
+        if end == len(batch):
+            self._batch = []
+            self._batch_at = 0
+        return batch[at] if end == at + 1 else b"".join(batch[at:end])
+
+    async def run_writer(self, stream: trio.abc.SendStream) -> None:
+        """Write queued frames until closed and drained, or the socket breaks.
+
+        Returns normally in both cases; a broken socket is noticed by the reader. If
+        cancelled during a write, :attr:`torn` is set before the cancellation goes on.
+        """
+        while True:
+            data = self._next_write()
+            if data is None:
+                if self.closed:
+                    return
+                self._idle = True
+                self._warned = False  # drained: the next backlog is warned about again
+                await self._lot.park()
+                continue
             self._sending = True
             try:
                 await stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.closed = True
                 return
+            except BaseException:
+                # cancelled (or failed) part-way: nothing may be written after this
+                self.torn = True
+                self.closed = True
+                raise
             finally:
                 self._sending = False

@@ -14,6 +14,9 @@ past ``max_bytes`` drops the volatile messages first, then refuses (the session
 disconnects that client as a slow consumer), so a client that stops polling costs
 bounded memory. While a ``GET`` is waiting, what the server queues in one go may use
 ``BURST_FACTOR`` times the bound, and one message into an empty queue always fits.
+When what waits for an absent poll (volatile messages not counted) passes half the
+bound, the session's ``warning``
+event (:attr:`PollQueue.on_high_water`) is put first in the queue.
 """
 
 from __future__ import annotations
@@ -42,13 +45,14 @@ def _size(out: Outgoing) -> int:
 class PollQueue:
     """Messages waiting for the next ``GET`` (see the module docstring)."""
 
-    __slots__ = ("_bytes", "_items", "_lot", "closed", "dropped_volatile", "max_bytes",
-                 "waiting", "waker")
+    __slots__ = ("_bytes", "_items", "_lot", "_volatile_bytes", "_warned", "closed",
+                 "dropped_volatile", "max_bytes", "on_high_water", "waiting", "waker")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._items: list[tuple[Outgoing, bool]] = []
         self._bytes = 0
+        self._volatile_bytes = 0  # of _bytes: dropped before anything overflows
         self._lot = trio.lowlevel.ParkingLot()
         self.waiting = False
         """A ``GET`` is waiting for messages."""
@@ -56,6 +60,11 @@ class PollQueue:
         self.dropped_volatile = 0
         self.waker: Callable[[], None] | None = None
         """Called (synchronously) when something is queued or the queue closes."""
+        self.on_high_water: Callable[[int], Outgoing | None] | None = None
+        """Called with the queued bytes once they pass half the bound while no poll
+        waits; the message it returns goes first. Re-armed when a poll empties the
+        queue."""
+        self._warned = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -75,6 +84,17 @@ class PollQueue:
                 return False
         self._items.append((out, volatile))
         self._bytes += size
+        if volatile:
+            self._volatile_bytes += size
+        if not self.waiting and not self._warned and (
+                (self._bytes - self._volatile_bytes) * 2 > self.max_bytes):
+            # only what cannot be dropped brings an overflow (a disconnect) closer
+            self._warned = True
+            notice = self.on_high_water(self._bytes) if self.on_high_water else None
+            if notice is not None:
+                # first in line: the next poll tells the client before anything else
+                self._items.insert(0, (notice, False))
+                self._bytes += _size(notice)
         self._wake()
         return True
 
@@ -90,11 +110,13 @@ class PollQueue:
         self.dropped_volatile += len(self._items) - len(kept)
         self._items = kept
         self._bytes = sum(_size(out) for out, _ in kept)
+        self._volatile_bytes = 0
 
     def clear(self) -> None:
         """Forget everything queued (before a forced disconnect)."""
         self._items = []
         self._bytes = 0
+        self._volatile_bytes = 0
 
     def close(self) -> None:
         """Accept no more messages; a waiting ``GET`` takes what is queued and returns."""
@@ -107,6 +129,8 @@ class PollQueue:
         items = self._items
         self._items = []
         self._bytes = 0
+        self._volatile_bytes = 0
+        self._warned = False
         return items
 
     async def wait(self) -> None:
@@ -131,4 +155,5 @@ class PollQueue:
         else:
             del self._items[:taken]
             self._bytes = sum(_size(out) for out, _ in self._items)
+            self._volatile_bytes = sum(_size(out) for out, v in self._items if v)
         return engineio.RECORD_SEPARATOR.join(records).encode("utf-8")

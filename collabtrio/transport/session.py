@@ -15,7 +15,17 @@ Invariants:
 - when the session ends, the namespace's ``on_close`` has run once (if it connected),
   so the client is in no room (no ghost users);
 - a client's ``DISCONNECT`` (``41``) ends its namespace, not the Engine.IO session
-  (the client closes that), as the reference server does.
+  (the client closes that), as the reference server does;
+- nothing is buffered for a socket that has not connected: before its first CONNECT
+  any other Socket.IO packet closes the session (the reference server closes too, but
+  only once the packet is whole, attachments included); after a DISCONNECT, events are
+  ignored and their attachments dropped as they arrive;
+- a packet is measured as it arrives (text plus attachments so far): past
+  ``max_event_bytes`` it is refused with ``TOO_LARGE`` and the rest of its attachments
+  are dropped unread, so one packet never holds more than that;
+- the session counts as unauthenticated in the endpoint's
+  :class:`~collabtrio.transport.limits.Admission` until its CONNECT succeeds, and takes
+  one of ``max_connections`` only then.
 """
 
 from __future__ import annotations
@@ -30,8 +40,8 @@ from ..errors import CollabError, ErrorCode
 from ..protocol import socketio
 from ..protocol.outgoing import Outgoing
 from ..timers import TimerHandle, Timers
-from .engine import CLOSE_POLICY, EngineIOSession, new_sid
-from .limits import TokenBucket
+from .engine import CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, EngineIOSession, new_sid
+from .limits import Admission, TokenBucket, client_address
 from .polling import PollQueue
 from .websocket import ServerWebSocket
 
@@ -41,6 +51,11 @@ __all__ = ["Application", "Namespace", "SocketIOSession"]
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _DISCONNECT = Outgoing.socketio("1")
+_EVENT_TYPES = (socketio.PacketType.EVENT, socketio.PacketType.BINARY_EVENT)
+_ACK_TYPES = (socketio.PacketType.ACK, socketio.PacketType.BINARY_ACK)
+
+# how a session counts in the endpoint's Admission
+_UNCOUNTED, _UNAUTHENTICATED, _CONNECTED = range(3)
 
 class Namespace(Protocol):
     """The application's side of one connected Socket.IO socket."""
@@ -73,11 +88,12 @@ class SocketIOSession(EngineIOSession):
     """A connected client's transport: Engine.IO plus the Socket.IO namespace handshake.
 
     Attributes besides the Engine.IO session's: ``namespace`` (the application's side,
-    once connected), ``bucket`` (the rate limit), ``decoder``.
+    once connected), ``bucket`` (the rate limit), ``decoder``, ``address`` (the
+    client's address, as per-address limits count it).
     """
 
-    __slots__ = ("_binary_size", "_connect_timer", "_max_event_bytes", "bucket", "decoder",
-                 "namespace")
+    __slots__ = ("_admission", "_connect_timer", "_counted", "_was_connected", "address",
+                 "bucket", "decoder", "namespace")
 
     app: Application
 
@@ -90,16 +106,20 @@ class SocketIOSession(EngineIOSession):
         query: dict[str, list[str]],
         remote: str,
         on_finish: Callable[[EngineIOSession], None] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         super().__init__(app, carrier, headers=headers, query=query, remote=remote,
                          on_finish=on_finish)
         cfg = app.config
         self.namespace: Namespace | None = None
         self.bucket = TokenBucket(cfg.rate_limit_per_s, cfg.rate_limit_burst)
-        self.decoder = socketio.Decoder(max_attachments=cfg.max_attachments)
-        self._max_event_bytes = cfg.max_event_bytes
+        self.decoder = socketio.Decoder(max_attachments=cfg.max_attachments,
+                                        max_bytes=cfg.max_event_bytes)
+        self.address = client_address(remote)
+        self._admission = admission
+        self._counted = _UNCOUNTED
+        self._was_connected = False
         self._connect_timer: TimerHandle | None = None
-        self._binary_size = 0
 
     @property
     def connected(self) -> bool:
@@ -109,7 +129,26 @@ class SocketIOSession(EngineIOSession):
     def start(self) -> None:
         """Start the Engine.IO session and the deadline for a Socket.IO CONNECT."""
         super().start()
+        self._count_as(_UNAUTHENTICATED)
         self._start_connect_timer()
+
+    def _count_as(self, state: int) -> bool:
+        """Move this session to ``state`` in the admission counts; False (and no move)
+        when it asks for a connection slot and none is free."""
+        admission = self._admission
+        old = self._counted
+        if admission is None or old == state:
+            return True
+        if state == _CONNECTED and not admission.take_connection():
+            return False
+        if old == _UNAUTHENTICATED:
+            admission.leave_unauthenticated(self.address)
+        elif old == _CONNECTED:
+            admission.release_connection()
+        if state == _UNAUTHENTICATED:
+            admission.enter_unauthenticated(self.address)
+        self._counted = state
+        return True
 
     def _start_connect_timer(self) -> None:
         # an unauthenticated socket must not hold a connection slot for ever
@@ -121,12 +160,17 @@ class SocketIOSession(EngineIOSession):
             log.info("closing %s: no Socket.IO CONNECT in time", self.sid)
             self.close("connect timeout", CLOSE_POLICY, notify=False)
 
+    def _high_water_notice(self, queued: int) -> Outgoing | None:
+        # a Socket.IO event only makes sense to a socket connected to the namespace
+        return super()._high_water_notice(queued) if self.connected else None
+
     def _goodbye(self) -> Outgoing | None:
         return _DISCONNECT if self.connected else None
 
     def _ended(self) -> None:
         if self._connect_timer is not None:
             self._connect_timer.cancel()
+        self._count_as(_UNCOUNTED)
         namespace, self.namespace = self.namespace, None
         if namespace is not None:
             namespace.on_close()
@@ -138,36 +182,65 @@ class SocketIOSession(EngineIOSession):
             await self._on_socketio_text(data)
 
     async def _on_socketio_text(self, text: str) -> None:
-        # ``text`` is the Engine.IO message without its "4"; the limit counts the packet
-        size = len(text) + 1
-        if size * 4 > self._max_event_bytes:
-            size = len(text.encode("utf-8", "surrogatepass")) + 1
-        self._binary_size = size
-        if self.decoder.pending:
+        decoder = self.decoder
+        if decoder.pending:
             # a new packet before the attachments the last one announced: answer the
             # abandoned event, then read the new packet as usual
             self._on_bad_packet("a binary packet's attachments did not arrive",
-                                self.decoder.abandon())
+                                decoder.abandon())
+        if self.namespace is None and not self._was_connected and text[:1] != "0":
+            # before the first CONNECT nothing else is read (nor buffered)
+            self._protocol_error(f"Socket.IO packet type {text[:1]!r} before CONNECT")
+            return
         try:
-            packet = self.decoder.feed(text)
+            packet = decoder.feed(text)
         except socketio.TooManyAttachments as exc:
             self._protocol_error(str(exc))
             return
+        except socketio.PacketTooLarge as exc:
+            self._on_too_large(exc)
+            return
         except socketio.SocketIOProtocolError as exc:
             self._on_bad_packet(str(exc), exc.ack_id)
             return
         if packet is not None:
-            await self._on_packet(packet, size)
+            await self._on_packet(packet)
+        elif self.namespace is None or text[:1] == "6":
+            # attachments nobody will read (an event while disconnected, an ack the
+            # server never asked for): dropped as they arrive
+            decoder.discard()
 
     async def _on_attachment(self, data: bytes) -> None:
-        self._binary_size += len(data)
         try:
             packet = self.decoder.feed(data)
+        except socketio.PacketTooLarge as exc:
+            self._on_too_large(exc)
+            return
         except socketio.SocketIOProtocolError as exc:
             self._on_bad_packet(str(exc), exc.ack_id)
             return
         if packet is not None:
-            await self._on_packet(packet, self._binary_size)
+            await self._on_packet(packet)
+
+    def _on_too_large(self, exc: socketio.PacketTooLarge) -> None:
+        # answered like an oversized event always was: the connection stays
+        namespace = self.namespace
+        if exc.type not in _EVENT_TYPES:
+            if namespace is None:
+                self._protocol_error(str(exc))  # a CONNECT this large is no handshake
+            return  # an ack the server never asked for
+        if namespace is None:
+            return  # events are ignored while disconnected
+        if exc.namespace != "/":
+            err = CollabError(ErrorCode.VALIDATION, "unknown namespace")
+        elif not self.bucket.take():
+            err = CollabError(ErrorCode.RATE_LIMITED, "too many events; slow down")
+        else:
+            size = f"{exc.size}" if exc.complete else f"at least {exc.size}"
+            err = CollabError(ErrorCode.TOO_LARGE,
+                              f"event is {size} bytes; the limit is {exc.limit}",
+                              retryable=False)
+        namespace.on_refused(exc.ack_id, err, exc.event)
 
     def _on_bad_packet(self, why: str, ack_id: int | None = None) -> None:
         # answered as the event's ack when its id could be read, else as an error event
@@ -178,15 +251,15 @@ class SocketIOSession(EngineIOSession):
         err = CollabError(ErrorCode.VALIDATION, f"malformed packet: {why}", retryable=False)
         namespace.on_refused(ack_id, err, None)
 
-    async def _on_packet(self, packet: socketio.Packet, size: int) -> None:
+    async def _on_packet(self, packet: socketio.Packet) -> None:
         ptype = packet.type
         if ptype is socketio.PacketType.EVENT or ptype is socketio.PacketType.BINARY_EVENT:
-            await self._on_event_packet(packet, size)
+            await self._on_event_packet(packet)
         elif ptype is socketio.PacketType.CONNECT:
             await self._on_connect_packet(packet)
         elif ptype is socketio.PacketType.DISCONNECT:
             self._on_disconnect_packet(packet)
-        elif ptype in (socketio.PacketType.ACK, socketio.PacketType.BINARY_ACK):
+        elif ptype in _ACK_TYPES:
             pass  # the server asks clients for no acks
         else:
             self._on_bad_packet(f"clients may not send packet type {int(ptype)}", packet.id)
@@ -204,9 +277,16 @@ class SocketIOSession(EngineIOSession):
         if not self.bucket.take():
             self._protocol_error("too many CONNECT attempts")
             return
+        if not self._count_as(_CONNECTED):
+            # taken before authenticating, so concurrent CONNECTs cannot pass the limit;
+            # a transport close (not a CONNECT_ERROR) so that stock clients retry later
+            log.info("closing %s: max_connections reached", self.sid)
+            self.close("server full", CLOSE_TRY_AGAIN_LATER, notify=False)
+            return
         try:
             namespace = await self.app.connect(self, packet.data)
         except CollabError as err:
+            self._count_as(_UNAUTHENTICATED)
             data = {"code": str(err.code), "message": err.message}
             self.send(Outgoing.socketio("4" + _dumps({"message": err.message, "data": data})))
             return
@@ -214,6 +294,7 @@ class SocketIOSession(EngineIOSession):
             namespace.on_close()  # closed while the application was connecting it
             return
         self.namespace = namespace
+        self._was_connected = True
         if self._connect_timer is not None:
             self._connect_timer.cancel()
         self.send(Outgoing.socketio("0" + _dumps({"sid": self.sid})))
@@ -227,9 +308,10 @@ class SocketIOSession(EngineIOSession):
         self.namespace = None
         namespace.on_close()
         self.sid = new_sid()  # a later CONNECT is a new socket, as in the reference server
+        self._count_as(_UNAUTHENTICATED)
         self._start_connect_timer()
 
-    async def _on_event_packet(self, packet: socketio.Packet, size: int) -> None:
+    async def _on_event_packet(self, packet: socketio.Packet) -> None:
         namespace = self.namespace
         if namespace is None:
             return  # nothing is processed before a successful CONNECT
@@ -245,12 +327,5 @@ class SocketIOSession(EngineIOSession):
             namespace.on_refused(
                 ack_id, CollabError(ErrorCode.RATE_LIMITED, "too many events; slow down"), name
             )
-            return
-        if size > self._max_event_bytes:
-            namespace.on_refused(ack_id, CollabError(
-                ErrorCode.TOO_LARGE,
-                f"event is {size} bytes; the limit is {self._max_event_bytes}",
-                retryable=False,
-            ), name)
             return
         await namespace.on_event(name, payload, ack_id)

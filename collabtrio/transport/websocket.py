@@ -22,6 +22,9 @@ connection with 1009; a protocol violation closes it with the code wsproto chose
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 import trio
 import wsproto
 import wsproto.utilities
@@ -54,7 +57,24 @@ class WebSocketClosed(Exception):
 
 
 class HandshakeError(Exception):
-    """The upgrade request is not a valid WebSocket handshake."""
+    """The upgrade request is not a valid WebSocket handshake: answer ``status`` (400,
+    or 426 for an unsupported version) with ``headers``."""
+
+    def __init__(self, message: str, status: int = 400,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers
+
+
+def _check_key(key: bytes | None) -> None:
+    """RFC 6455 section 4.1: ``Sec-WebSocket-Key`` is the base64 of 16 bytes."""
+    try:
+        nonce = base64.b64decode(key or b"", validate=True)
+    except binascii.Error:
+        nonce = b""
+    if len(nonce) != 16:
+        raise HandshakeError("Sec-WebSocket-Key must be the base64 encoding of 16 bytes")
 
 
 class ServerWebSocket:
@@ -79,14 +99,25 @@ class ServerWebSocket:
     def start_handshake(self, head: bytes) -> Request:
         """Feed the request head (and anything read after it); return the request.
 
-        Raises :class:`HandshakeError` if wsproto rejects it.
+        Raises :class:`HandshakeError` if it is not a valid handshake: wsproto's checks
+        (with the status and headers it suggests: 426 and ``Sec-WebSocket-Version: 13``
+        for another version), then the key's form, which wsproto does not check.
         """
         try:
             self._ws.receive_data(head)
             for event in self._ws.events():
                 if isinstance(event, Request):
+                    _check_key(dict(event.extra_headers).get(b"sec-websocket-key"))
                     return event
         except wsproto.utilities.RemoteProtocolError as exc:
+            hint = exc.event_hint
+            if isinstance(hint, RejectConnection):
+                headers = tuple((k.decode("latin-1"), v.decode("latin-1"))
+                                for k, v in hint.headers)
+                # wsproto calls any other version a missing header: say what it is
+                message = ("unsupported Sec-WebSocket-Version (this server speaks 13)"
+                           if hint.status_code == 426 else str(exc))
+                raise HandshakeError(message, hint.status_code, headers) from exc
             raise HandshakeError(str(exc)) from exc
         raise HandshakeError("incomplete WebSocket handshake")
 
@@ -94,10 +125,12 @@ class ServerWebSocket:
         """Send the 101 response (no extensions: permessage-deflate is not offered)."""
         await self.stream.send_all(self._ws.send(AcceptConnection()))
 
-    async def reject(self, status: int, body: bytes) -> None:
-        """Refuse the upgrade with an HTTP error."""
+    async def reject(self, status: int, body: bytes,
+                     extra_headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """Refuse the upgrade with an HTTP error (a JSON ``body``)."""
         headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(body)).encode())]
+                   (b"content-length", str(len(body)).encode()),
+                   *((k.encode("latin-1"), v.encode("latin-1")) for k, v in extra_headers)]
         data = self._ws.send(RejectConnection(status_code=status, headers=headers, has_body=True))
         data += self._ws.send(RejectData(data=body))
         await self.stream.send_all(data)
@@ -137,7 +170,10 @@ class ServerWebSocket:
                         if event.message_finished:
                             batch.append(self._join_parts())
                 elif isinstance(event, Ping):
-                    self.outbox.push(ws.send(event.response()))
+                    if ws.state is ConnectionState.OPEN:
+                        self.outbox.push(ws.send(event.response()))
+                    # else our close frame is out: nothing may follow it (RFC 6455
+                    # 5.5.1), and wsproto refuses to frame a pong
                 elif isinstance(event, CloseConnection):
                     if ws.state is ConnectionState.REMOTE_CLOSING:
                         self.outbox.push(ws.send(event.response()))

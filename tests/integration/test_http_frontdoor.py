@@ -4,10 +4,11 @@ Raw HTTP/1.1 bytes go over an in-memory stream to the in-process server; respons
 are parsed client-side with h11. Under the mock clock the front door's limits are
 exact: a request head must be complete within ``HEAD_TIMEOUT_S`` and is at most
 ``MAX_HEAD_BYTES``, an idle keep-alive connection waits ``http_keep_alive_s`` for its next
-request, a body must arrive within ``BODY_TIMEOUT_S`` and be at most ``max_payload``
-bytes (else 413 and the connection closes). Requests on one connection are answered
-in order, and a WebSocket upgrade may come after plain requests on the same
-connection.
+request, a body must be at most ``max_payload`` bytes (else 413) and arrive within
+``BODY_TIMEOUT_S`` (else 408), and the connection then closes; a WebSocket handshake
+must be HTTP/1.1 with a well-formed key and version 13 (else 400, or 426). Requests
+on one connection are answered in order, and a WebSocket upgrade may come after plain
+requests on the same connection.
 """
 
 from __future__ import annotations
@@ -202,18 +203,18 @@ async def test_body_larger_than_max_payload_gets_413(
         await fits.aclose()
 
 
-async def test_body_that_never_finishes_gets_413_after_body_timeout(
+async def test_body_that_never_finishes_gets_408_after_body_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A POST announcing 100 bytes that sends 10 gets 413 after BODY_TIMEOUT_S, then
-    the connection closes."""
+    """A POST announcing 100 bytes that sends 10 gets 408 Request Timeout (not 413: it
+    is not too large) after BODY_TIMEOUT_S, then the connection closes."""
     async with open_test_server(max_payload=MAX_PAYLOAD) as server:
         conn = HttpConnection(server)
         start = trio.current_time()
         await conn.send(request("/anything", "POST", "Content-Length: 100", body=b"x" * 10))
         response = await conn.response("POST")
         assert trio.current_time() - start == pytest.approx(BODY_TIMEOUT_S, abs=1e-3)
-        assert response.status == 413
+        assert response.status == 408
         assert await conn.closed() == 0
 
 
@@ -306,6 +307,88 @@ async def test_complete_head_larger_than_max_head_bytes_gets_431(
         conn = HttpConnection(server)
         await conn.send(request("/nope", "GET", "X-Big: " + "a" * 20 * 1024))
         assert (await conn.response()).status == 431
+
+
+@pytest.mark.parametrize("target", ["/healthz", "/socket.io/?EIO=4&transport=websocket"])
+async def test_head_padded_with_whitespace_past_max_head_bytes_gets_431(
+    autojump_clock: trio.testing.MockClock, target: str,
+) -> None:
+    """The limit counts the head as sent: 22.9 kB of optional whitespace (which h11
+    strips from the value) in one write gets 431, on an HTTP route and on an upgrade."""
+    async with open_test_server(max_payload=MAX_PAYLOAD) as server:
+        conn = HttpConnection(server)
+        raw = request(target, "GET", *UPGRADE_HEADERS, "X-Pad:" + " " * 22_900 + "v")
+        assert len(raw) > MAX_HEAD_BYTES
+        await conn.send(raw)
+        assert (await conn.response()).status == 431
+        assert await conn.closed() == 0
+
+
+async def test_head_just_within_max_head_bytes_is_served(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A head of exactly MAX_HEAD_BYTES, however padded, is served."""
+    async with open_test_server(max_payload=MAX_PAYLOAD) as server:
+        conn = HttpConnection(server)
+        raw = request("/healthz", "GET", "X-Pad:v")
+        raw = request("/healthz", "GET", "X-Pad:" + " " * (MAX_HEAD_BYTES - len(raw)) + "v")
+        assert len(raw) == MAX_HEAD_BYTES
+        await conn.send(raw)
+        assert (await conn.response()).status == 200
+
+
+SOCKETIO_WS = "/socket.io/?EIO=4&transport=websocket"
+
+
+async def test_http_1_0_websocket_upgrade_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """RFC 6455 section 4.1 asks for HTTP/1.1 or later: an HTTP/1.0 upgrade gets 400,
+    then the connection closes."""
+    async with open_test_server(max_payload=MAX_PAYLOAD) as server:
+        conn = HttpConnection(server)
+        raw = request(SOCKETIO_WS, "GET", *UPGRADE_HEADERS).replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+        await conn.send(raw)
+        response = await conn.response()
+        assert response.status == 400
+        assert response.json() == {"code": 3, "message": "a WebSocket upgrade needs HTTP/1.1"}
+        assert await conn.closed() == 0
+        assert not server.server.connections
+
+
+@pytest.mark.parametrize("key", [
+    "not base64!",
+    "dGhlIHNhbXBsZSBub25j",  # base64 of 15 bytes
+    "dGhlIHNhbXBsZSBub25jZSE=",  # base64 of 17 bytes
+    "",
+])
+async def test_malformed_websocket_key_gets_400(
+    autojump_clock: trio.testing.MockClock, key: str,
+) -> None:
+    """``Sec-WebSocket-Key`` must be the base64 encoding of 16 bytes (RFC 6455 4.1)."""
+    async with open_test_server(max_payload=MAX_PAYLOAD) as server:
+        conn = HttpConnection(server)
+        headers = [h for h in UPGRADE_HEADERS if not h.startswith("Sec-WebSocket-Key")]
+        await conn.send(request(SOCKETIO_WS, "GET", *headers, f"Sec-WebSocket-Key: {key}"))
+        response = await conn.response()
+        assert response.status == 400
+        assert "Sec-WebSocket-Key" in str(response.json())
+        assert not server.server.connections
+
+
+async def test_unsupported_websocket_version_gets_426_naming_version_13(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """RFC 6455 section 4.4: a version the server does not speak gets 426 Upgrade
+    Required with ``Sec-WebSocket-Version: 13``."""
+    async with open_test_server(max_payload=MAX_PAYLOAD) as server:
+        conn = HttpConnection(server)
+        headers = [h for h in UPGRADE_HEADERS if not h.startswith("Sec-WebSocket-Version")]
+        await conn.send(request(SOCKETIO_WS, "GET", *headers, "Sec-WebSocket-Version: 8"))
+        response = await conn.response()
+        assert response.status == 426
+        assert response.headers["sec-websocket-version"] == "13"
+        assert await conn.closed() == 0
 
 
 async def test_websocket_upgrade_to_unknown_path_gets_404(
