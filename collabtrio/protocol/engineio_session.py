@@ -431,7 +431,7 @@ def _parse_open(data: str | bytes) -> Opened:
     """The handshake of an ``OPEN`` packet, checked field by field."""
     try:
         info = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise RemoteProtocolError(f"bad OPEN packet: {exc}") from None
     if not isinstance(info, dict):
         raise RemoteProtocolError("bad OPEN packet: not a JSON object")

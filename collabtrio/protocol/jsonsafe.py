@@ -72,6 +72,9 @@ def loads(text: str) -> Any:
     nesting too deep for the decoder :class:`RecursionError`, as :func:`json.loads`.
     """
     value = _decoder.decode(text)
+    if not text.isascii() and _SURROGATE.search(text):
+        # a raw one (no UTF-8 wire path gives one, but a caller's str can)
+        raise UnsafeJSON("text holds a lone UTF-16 surrogate: not valid Unicode")
     if _SURROGATE_ESCAPE.search(text) is not None and _has_lone_surrogate(value):
         raise UnsafeJSON("string holds a lone UTF-16 surrogate (\\ud800-\\udfff escape "
                          "without its pair): not valid Unicode")

@@ -22,6 +22,7 @@ Every HTTP response is written by :func:`send_response`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -164,6 +165,8 @@ def remote_of(stream: trio.abc.Stream) -> str:
 
 
 def _request_of(event: h11.Request, remote: str) -> HttpRequest:
+    """The request as routes see it; ``ValueError`` for a target ``urlsplit`` refuses
+    (``//[``: a bad IPv6 host)."""
     target = event.target.decode("latin-1")
     parts = urlsplit(target)
     headers: dict[str, str] = {}
@@ -215,7 +218,11 @@ async def _read_body(stream: trio.abc.Stream, conn: h11.Connection, max_bytes: i
     client ends the connection before it does."""
     body = bytearray()
     while True:
-        event = await _next_event(stream, conn)
+        try:
+            event = await _next_event(stream, conn)
+        except h11.RemoteProtocolError:
+            # a malformed chunk, or the client gone before the end of the body: its fault
+            raise _BodyRefused(400, b"malformed or incomplete request body\n") from None
         if isinstance(event, h11.Data):
             body += event.data
             if len(body) > max_bytes:
@@ -354,7 +361,17 @@ async def _serve_http(
             return None
         if not isinstance(event, h11.Request):
             return None  # closed by the peer
-        request = _request_of(event, remote)
+        try:
+            request = _request_of(event, remote)
+        except ValueError:
+            await send_response(counted, HttpResponse(400, b"bad request target\n"), conn,
+                                close=True, head=event.method == b"HEAD")
+            return None
+        if request.method == "CONNECT":
+            # no route tunnels, and h11 would switch protocols on a 2xx answer
+            await send_response(counted, HttpResponse(405, b"method not allowed\n"), conn,
+                                close=True)
+            return None
         if request.is_websocket_upgrade:
             handler = router.find_websocket(request.path)
             if handler is None:
@@ -401,11 +418,12 @@ async def _serve_request(stream: trio.abc.Stream, conn: h11.Connection, router: 
                          request: HttpRequest, max_body_bytes: int) -> bool:
     """Answer one request; True if the connection may carry another."""
     limit = max_body_bytes if request.method in _BODY_METHODS else 0
+    head = request.method == "HEAD"  # an answer to HEAD carries no body, refusals too
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         # refused before reading it: the client said how big it is
         await send_response(stream, HttpResponse(413, b"request body too large\n"), conn,
-                            close=True)
+                            close=True, head=head)
         return False
     body: bytes | None = None  # stays None if the body takes too long
     try:
@@ -417,8 +435,9 @@ async def _serve_request(stream: trio.abc.Stream, conn: h11.Connection, router: 
             if body is None:
                 raise _BodyRefused(408, b"request body timed out\n")
     except _BodyRefused as refused:
-        await send_response(stream, HttpResponse(refused.status, refused.message), conn,
-                            close=True)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await send_response(stream, HttpResponse(refused.status, refused.message), conn,
+                                close=True, head=head)
         return False
     handler = router.find_http(request.path)
     if handler is None:
@@ -431,7 +450,7 @@ async def _serve_request(stream: trio.abc.Stream, conn: h11.Connection, router: 
             stream, conn, answer)
     if response is None:
         return False  # the client went away while its request was held
-    await send_response(stream, response, conn, head=request.method == "HEAD")
+    await send_response(stream, response, conn, head=head)
     return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
 

@@ -119,6 +119,8 @@ class ServerWebSocket:
                            if hint.status_code == 426 else str(exc))
                 raise HandshakeError(message, hint.status_code, headers) from exc
             raise HandshakeError(str(exc)) from exc
+        except UnicodeError as exc:  # wsproto decodes Host as IDNA
+            raise HandshakeError(f"bad Host header: {exc}") from None
         raise HandshakeError("incomplete WebSocket handshake")
 
     async def accept(self) -> None:
