@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from .base import (
+    Changes,
     ChatMessage,
     EntityWrite,
     HistoryEntry,
@@ -26,9 +27,12 @@ from .base import (
     StorageUnavailable,
     Store,
     UnstorableValue,
+    YjsChanges,
+    YjsState,
 )
 
 __all__ = [
+    "Changes",
     "ChatMessage",
     "EntityWrite",
     "HistoryEntry",
@@ -41,6 +45,8 @@ __all__ = [
     "StorageUnavailable",
     "Store",
     "UnstorableValue",
+    "YjsChanges",
+    "YjsState",
     "open_store",
 ]
 

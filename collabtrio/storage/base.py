@@ -148,6 +148,36 @@ class RoomChanges:
 
 
 @dataclass(slots=True)
+class YjsChanges:
+    """What one room's Yjs document writes in one go: no seq check (the document is a
+    CRDT: its updates commute, and each room has one writer).
+
+    If ``snapshot`` is set it replaces the stored one and every log entry with an id
+    up to ``covers`` is deleted (a compaction: the snapshot is those entries merged);
+    then ``updates``, ``(id, raw update)`` pairs with ids above ``covers``, are appended
+    to the room's update log.
+    """
+
+    room: str
+    updates: list[tuple[int, bytes]] = field(default_factory=list)
+    snapshot: bytes | None = None
+    covers: int = 0
+
+
+@dataclass(slots=True)
+class YjsState:
+    """A room's stored Yjs document: the snapshot (or None) and the log after it."""
+
+    snapshot: bytes | None = None
+    covers: int = 0
+    log: list[tuple[int, bytes]] = field(default_factory=list)  # ascending id
+
+
+Changes = RoomChanges | YjsChanges
+"""What one room puts into a commit."""
+
+
+@dataclass(slots=True)
 class RoomSnapshot:
     """What a room needs when it opens: its document, seq and recent past."""
 
@@ -174,8 +204,13 @@ class Store(Protocol):
         entries), the operation records of that window, and the newest ``chat_limit``
         chat messages. An unknown room gives an empty snapshot at seq 0."""
 
-    async def commit(self, changes: Sequence[RoomChanges]) -> None:
-        """Write every :class:`RoomChanges` in one transaction, all or nothing.
+    async def load_yjs(self, room: str) -> YjsState:
+        """The room's Yjs snapshot and the update log after it (empty for a room that
+        never used Yjs)."""
+
+    async def commit(self, changes: Sequence[Changes]) -> None:
+        """Write every :class:`RoomChanges` and :class:`YjsChanges` in one transaction,
+        all or nothing.
 
         Raises :class:`SeqConflict` (nothing written) if a room's stored seq is not the
         ``base_seq`` of its changes, :class:`UnstorableValue` (nothing written) if a

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .base import (
+    Changes,
     ChatMessage,
     HistoryEntry,
     OperationRecord,
@@ -37,8 +38,17 @@ from .base import (
     SeqConflict,
     StorageError,
     StorageUnavailable,
+    YjsChanges,
+    YjsState,
 )
 from .migrations import LATEST_VERSION, Encoded, check_role, encode, loads, seq_claims
+
+
+@dataclass
+class _Yjs:
+    snapshot: bytes | None = None
+    covers: int = 0
+    log: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,6 +69,7 @@ class _Room:
 @dataclass
 class _Data:
     rooms: dict[str, _Room] = field(default_factory=dict)
+    yjs: dict[str, _Yjs] = field(default_factory=dict)
     grants: dict[tuple[str, str], Role] = field(default_factory=dict)
     grants_version: int = 0
 
@@ -129,7 +140,16 @@ class MemoryStore:
         snap.chat = [r.chat[seq] for seq in chat]  # frozen dataclasses of str/int/float
         return snap
 
-    async def commit(self, changes: Sequence[RoomChanges]) -> None:
+    async def load_yjs(self, room: str) -> YjsState:
+        """See :meth:`Store.load_yjs`."""
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        y = self._data.yjs.get(room)
+        if y is None:
+            return YjsState()
+        return YjsState(y.snapshot, y.covers, sorted(y.log.items()))
+
+    async def commit(self, all_changes: Sequence[Changes]) -> None:
         """See :meth:`Store.commit`; :class:`StorageUnavailable` (nothing written) for
         injected faults, duplicate keys and non-JSON data, :class:`SeqConflict`
         (nothing written) for a room not at the ``base_seq`` of its changes."""
@@ -140,6 +160,8 @@ class MemoryStore:
         if self._fail_count > 0:
             self._fail_count -= 1
             raise StorageUnavailable("memory store: injected commit failure")
+        changes = [ch for ch in all_changes if isinstance(ch, RoomChanges)]
+        yjs = [ch for ch in all_changes if isinstance(ch, YjsChanges)]
         # in the order of the SQL stores: non-JSON data, the seq checks, then the rows
         encoded = [encode(ch) for ch in changes]
         for room, base_seq, _ in seq_claims(changes):
@@ -154,7 +176,24 @@ class MemoryStore:
                 old = self._data.rooms.get(ch.room)
                 r = staged[ch.room] = old.copy() if old is not None else _Room()
             _apply(r, ch, rows)
+        staged_yjs: dict[str, _Yjs] = {}
+        for y in yjs:
+            doc = staged_yjs.get(y.room)
+            if doc is None:
+                old_doc = self._data.yjs.get(y.room)
+                doc = staged_yjs[y.room] = (
+                    _Yjs(old_doc.snapshot, old_doc.covers, dict(old_doc.log))
+                    if old_doc is not None else _Yjs())
+            if y.snapshot is not None:
+                doc.snapshot, doc.covers = y.snapshot, y.covers
+                doc.log = {k: v for k, v in doc.log.items() if k > y.covers}
+            for uid, data in y.updates:
+                if uid in doc.log:
+                    raise StorageUnavailable(
+                        f"constraint violated: yjs update {uid} of room {y.room!r} exists")
+                doc.log[uid] = data
         self._data.rooms.update(staged)
+        self._data.yjs.update(staged_yjs)
 
     async def chat_page(self, room: str, *, before: int | None, limit: int) -> list[ChatMessage]:
         """See :meth:`Store.chat_page`."""

@@ -24,6 +24,9 @@ JSONB in PostgreSQL):
   from the user id of their history entry (or chat message).
 - ``chat_messages(room, seq, user_id, user_name, text, client_id, created_at)``: never
   trimmed; paged with ``chat_page``.
+- ``yjs_snapshots(room, data, covers)`` and ``yjs_updates(room, id, data)``: a room's
+  Yjs document as a merged snapshot of the log entries up to ``covers``, and the raw
+  updates after it (version 3).
 - ``grants(pattern, user_id, role)`` and ``meta(key, value)`` holding
   ``grants_version`` (an integer as text, bumped by every ``set_grant``).
 """
@@ -106,6 +109,20 @@ SQLITE_MIGRATIONS: list[str] = [
     WHERE operations.operation_id LIKE 'chat:%'
       AND m.room = operations.room AND m.seq = operations.seq AND m.client_id IS NOT NULL;
     """,
+    # 3: Yjs documents: a snapshot per room and the update log after it
+    """
+    CREATE TABLE yjs_snapshots (
+        room TEXT PRIMARY KEY,
+        data BLOB NOT NULL,
+        covers INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE yjs_updates (
+        room TEXT NOT NULL,
+        id INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (room, id)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 POSTGRES_MIGRATIONS: list[str] = [
@@ -177,6 +194,20 @@ POSTGRES_MIGRATIONS: list[str] = [
     FROM chat_messages AS m
     WHERE o.operation_id LIKE 'chat:%'
       AND m.room = o.room AND m.seq = o.seq AND m.client_id IS NOT NULL;
+    """,
+    # 3: Yjs documents: a snapshot per room and the update log after it
+    """
+    CREATE TABLE yjs_snapshots (
+        room TEXT PRIMARY KEY,
+        data BYTEA NOT NULL,
+        covers BIGINT NOT NULL
+    );
+    CREATE TABLE yjs_updates (
+        room TEXT NOT NULL,
+        id BIGINT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (room, id)
+    );
     """,
 ]
 

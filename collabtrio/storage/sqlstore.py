@@ -27,6 +27,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar, cast
 
 from .base import (
+    Changes,
     ChatMessage,
     HistoryEntry,
     OperationRecord,
@@ -34,6 +35,8 @@ from .base import (
     RoomChanges,
     RoomSnapshot,
     SeqConflict,
+    YjsChanges,
+    YjsState,
 )
 from .migrations import check_role, encode, seq_claims
 
@@ -77,6 +80,11 @@ class Queries(NamedTuple):
     bump_grants_version: str
     grants_for: str
     grants_version: str
+    upsert_yjs_snapshot: str
+    trim_yjs_updates: str
+    insert_yjs_update: str
+    yjs_snapshot: str
+    yjs_log: str
 
 
 _CHAT_COLUMNS = "seq, user_id, user_name, text, client_id, created_at"
@@ -136,6 +144,14 @@ _QUERIES = Queries(
     ),
     grants_for="SELECT pattern, role FROM grants WHERE user_id = ?",
     grants_version="SELECT value FROM meta WHERE key = 'grants_version'",
+    upsert_yjs_snapshot=(
+        "INSERT INTO yjs_snapshots (room, data, covers) VALUES (?, ?, ?) "
+        "ON CONFLICT (room) DO UPDATE SET data = excluded.data, covers = excluded.covers"
+    ),
+    trim_yjs_updates="DELETE FROM yjs_updates WHERE room = ? AND id <= ?",
+    insert_yjs_update="INSERT INTO yjs_updates (room, id, data) VALUES (?, ?, ?)",
+    yjs_snapshot="SELECT data, covers FROM yjs_snapshots WHERE room = ?",
+    yjs_log="SELECT id, data FROM yjs_updates WHERE room = ? AND id > ? ORDER BY id",
 )
 
 
@@ -177,13 +193,15 @@ def execute(conn: object, query: str, params: Sequence[Any] = ()) -> Cursor:
     return cast(Cursor, cast(Any, conn).execute(query, params))
 
 
-def commit(d: Dialect[C], conn: C, changes: Sequence[RoomChanges], now: float) -> None:
-    """Write ``changes`` in one transaction (see :meth:`Store.commit`).
+def commit(d: Dialect[C], conn: C, all_changes: Sequence[Changes], now: float) -> None:
+    """Write ``all_changes`` in one transaction (see :meth:`Store.commit`).
 
     Raises :class:`SeqConflict` (rolled back) when a room's stored seq is not its
     ``base_seq``; any other error is the driver's, after the rollback.
     """
     q, js = d.q, d.json_param
+    changes = [ch for ch in all_changes if isinstance(ch, RoomChanges)]
+    yjs = [ch for ch in all_changes if isinstance(ch, YjsChanges)]
     # non-JSON data and a room's inconsistent changes fail here, before any SQL
     encoded = [encode(ch) for ch in changes]
     claims = seq_claims(changes)
@@ -192,6 +210,13 @@ def commit(d: Dialect[C], conn: C, changes: Sequence[RoomChanges], now: float) -
             for room, base_seq, seq in claims:  # first, so a conflict stops all the rest
                 cur.execute(q.ensure_room, (room, now, now))
                 cur.execute(q.claim_room, (base_seq, seq, now, room))
+            for y in yjs:
+                if y.snapshot is not None:
+                    cur.execute(q.upsert_yjs_snapshot, (y.room, y.snapshot, y.covers))
+                    cur.execute(q.trim_yjs_updates, (y.room, y.covers))
+                if y.updates:
+                    cur.executemany(q.insert_yjs_update,
+                                    [(y.room, uid, data) for uid, data in y.updates])
             for ch, rows in zip(changes, encoded, strict=True):
                 room = ch.room
                 if ch.replace_all:
@@ -267,6 +292,16 @@ def load_room(d: Dialect[C], conn: C, room: str, history_limit: int,
         return snap
 
 
+def load_yjs(d: Dialect[C], conn: C, room: str) -> YjsState:
+    """See :meth:`Store.load_yjs`; one read transaction, so a consistent view."""
+    with d.read(conn) as cur:
+        row = cur.execute(d.q.yjs_snapshot, (room,)).fetchone()
+        state = YjsState() if row is None else YjsState(bytes(row[0]), int(row[1]))
+        state.log = [(int(uid), bytes(data)) for uid, data in
+                     cur.execute(d.q.yjs_log, (room, state.covers)).fetchall()]
+        return state
+
+
 def chat_page(d: Dialect[C], conn: C, room: str, before: int | None,
               limit: int) -> list[ChatMessage]:
     """See :meth:`Store.chat_page`; one statement, so no transaction of its own."""
@@ -313,7 +348,12 @@ class SQLStore(Generic[C]):
         d = self._dialect
         return await self._run(lambda c: load_room(d, c, room, history_limit, chat_limit))
 
-    async def commit(self, changes: Sequence[RoomChanges]) -> None:
+    async def load_yjs(self, room: str) -> YjsState:
+        """See :meth:`Store.load_yjs`."""
+        d = self._dialect
+        return await self._run(lambda c: load_yjs(d, c, room))
+
+    async def commit(self, changes: Sequence[Changes]) -> None:
         """See :meth:`Store.commit`: one transaction.
 
         Raises :class:`SeqConflict` (rolled back, nothing written) when a room's stored

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .base import RoomChanges, StorageError, StorageUnavailable, Store
+from .base import Changes, StorageError, StorageUnavailable, Store
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class _Request:
-    changes: Sequence[RoomChanges]
+    changes: Sequence[Changes]
     done: trio.Event = field(default_factory=trio.Event)
     error: BaseException | None = None
 
@@ -46,7 +46,7 @@ class CommitQueue:
         self.requests = 0
         self._running = False
 
-    async def commit(self, changes: Sequence[RoomChanges]) -> None:
+    async def commit(self, changes: Sequence[Changes]) -> None:
         """Persist ``changes`` in the next transaction; return once it has committed.
 
         Raises :class:`StorageUnavailable` (or another :class:`StorageError`) if it was

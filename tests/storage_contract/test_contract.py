@@ -22,10 +22,13 @@ from collabtrio.storage import (
     HistoryEntry,
     OperationRecord,
     RoomChanges,
+    SeqConflict,
     StorageError,
     StorageUnavailable,
     Store,
     UnstorableValue,
+    YjsChanges,
+    YjsState,
     open_store,
 )
 from collabtrio.storage.migrations import LATEST_VERSION
@@ -631,3 +634,40 @@ async def test_memory_fault_injection() -> None:
     # memory:// is private to each store; a named one is shared
     assert (await load(MemoryStore(), "r")).seq == 0
     await store.close()
+
+
+# -- Yjs documents ------------------------------------------------------------------------
+
+
+async def test_yjs_log_and_compaction(store: Store) -> None:
+    """Updates append to the room's log in the commit that carries them, beside other
+    rooms' ordinary changes; a compaction replaces the entries it covers by a snapshot
+    in the same transaction; loading gives the snapshot and the log after it."""
+    assert await store.load_yjs("y") == YjsState()
+    await store.commit([
+        YjsChanges("y", [(1, b"\x01a"), (2, b"\x02b")]),
+        RoomChanges("other", 1, LIMIT, base_seq=0, entities=[set_("c", "1", v=1)]),
+        YjsChanges("z", [(1, b"\x00" * 3)]),
+    ])
+    state = await store.load_yjs("y")
+    assert (state.snapshot, state.covers, state.log) == (None, 0, [(1, b"\x01a"), (2, b"\x02b")])
+    await store.commit([YjsChanges("y", [(3, b"\x03c")])])
+    await store.commit([YjsChanges("y", [(4, b"\x04d")], snapshot=b"merged-1-3", covers=3)])
+    state = await store.load_yjs("y")
+    assert (state.snapshot, state.covers, state.log) == (b"merged-1-3", 3, [(4, b"\x04d")])
+    await store.commit([YjsChanges("y", snapshot=b"merged-1-4", covers=4)])
+    state = await store.load_yjs("y")
+    assert (state.snapshot, state.covers, state.log) == (b"merged-1-4", 4, [])
+    assert (await store.load_yjs("z")).log == [(1, b"\x00\x00\x00")]
+    assert (await load(store, "other")).seq == 1
+
+
+async def test_yjs_changes_are_all_or_nothing_with_the_rest(store: Store) -> None:
+    await store.commit([changes_for("r", 0, 1)])
+    with pytest.raises(SeqConflict):
+        await store.commit([YjsChanges("y", [(1, b"u")]), changes_for("r", 0, 1)])
+    assert (await store.load_yjs("y")).log == []
+
+
+def changes_for(room: str, base_seq: int, seq: int) -> RoomChanges:
+    return RoomChanges(room, seq, LIMIT, base_seq=base_seq, history=[hist(seq)])
