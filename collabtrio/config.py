@@ -161,6 +161,17 @@ class Config:
         250, "A field write is never held longer than this before it is flushed.",
         group="documents",
     )
+    yjs_compact_updates: int = _f(
+        500,
+        "A room's Yjs update log is merged into its snapshot after this many updates "
+        "(and when the room closes).",
+        group="documents",
+    )
+    yjs_compact_bytes: int = _f(
+        1 << 20,
+        "... or once the log holds this many bytes.",
+        group="documents",
+    )
     max_ops_per_commit: int = _f(
         1000,
         "Most operations one room puts in one transaction, and most room batches the "
@@ -212,6 +223,8 @@ class Config:
             "max_unauthenticated_per_address",
             "max_document_bytes",
             "max_presence_bytes",
+            "yjs_compact_updates",
+            "yjs_compact_bytes",
             "outbox_max_bytes",
             "room_inbox_size",
             "history_limit",

@@ -45,6 +45,7 @@ from .config import Config
 from .http.routes import build_router
 from .rooms.keeper import DocumentKeeper
 from .rooms.registry import RoomRegistry
+from .rooms.yjs import YjsComponent
 from .storage import open_store
 from .storage.base import Store
 from .storage.writer import CommitQueue
@@ -55,7 +56,7 @@ from .transport.session import SocketIOSession
 
 log = logging.getLogger(__name__)
 
-ROOM_COMPONENTS = (DocumentKeeper,)
+ROOM_COMPONENTS = (DocumentKeeper, YjsComponent)
 """What every room runs besides its own task, in start order."""
 
 

@@ -18,7 +18,18 @@ from ..auth.roles import check_join_allowed, resolve_role
 from ..errors import CollabError, ErrorCode
 from ..protocol import jsonsafe, messages
 from ..protocol.ids import check_room_id
-from ..rooms.commands import ChatCmd, Command, FieldCmd, Join, Leave, OpCmd, Relay
+from ..rooms.commands import (
+    ChatCmd,
+    Command,
+    FieldCmd,
+    Join,
+    Leave,
+    OpCmd,
+    Relay,
+    YjsAwarenessCmd,
+    YjsSyncCmd,
+    YjsUpdateCmd,
+)
 from ..rooms.mailbox import MailboxClosed
 from ..rooms.planning import chat_wire
 from ..rooms.room import Room
@@ -37,7 +48,7 @@ VOLATILE = frozenset({"cursor", "selection", "typing"})
 PRESENCE_KEPT = frozenset({"cursor", "selection"})
 
 # events of the protocol that this server version does not implement yet
-NOT_YET = frozenset({"yjs-update", "yjs-sync", "yjs-awareness"})
+NOT_YET: frozenset[str] = frozenset()
 
 
 # a JSON-escaped NUL: "\u0000" preceded by an even number of backslashes (an odd
@@ -225,6 +236,40 @@ async def chat(ctx: AppContext, conn: Client, payload: Any, ack_id: int | None) 
     await _deliver(room, ChatCmd(conn, ack_id, msg))
 
 
+async def _component_space(room: Room, name: str) -> None:
+    component = room.component(name)
+    if component is not None and component.full and not await component.wait_for_space(
+        DOCUMENT_QUEUE_WAIT_S
+    ):
+        raise CollabError(ErrorCode.RATE_LIMITED,
+                          f"room {room.id!r} is busy storing earlier changes; retry shortly",
+                          retryable=True)
+
+
+async def yjs_update(ctx: AppContext, conn: Client, payload: Any, ack_id: int | None) -> None:
+    """``yjs-update {room, update}``: applied, relayed, acked once stored."""
+    msg = messages.parse(messages.YjsUpdatePayload, payload)
+    room = _joined_room(conn, msg.room, "yjs-update")
+    await _component_space(room, "yjs")
+    await _deliver(room, YjsUpdateCmd(conn, ack_id, msg.update))
+
+
+async def yjs_sync(ctx: AppContext, conn: Client, payload: Any, ack_id: int | None) -> None:
+    """``yjs-sync {room, stateVector}``: acked with what the client is missing."""
+    msg = messages.parse(messages.YjsSyncPayload, payload)
+    room = _joined_room(conn, msg.room, "yjs-sync")
+    await _component_space(room, "yjs")
+    await _deliver(room, YjsSyncCmd(conn, ack_id, msg.state_vector))
+
+
+async def yjs_awareness(ctx: AppContext, conn: Client, payload: Any, ack_id: int | None
+                        ) -> None:
+    """``yjs-awareness {room, update}``: relayed; the room tracks its client ids."""
+    msg = messages.parse(messages.YjsAwarenessPayload, payload)
+    room = _joined_room(conn, msg.room, "yjs-awareness")
+    await _deliver(room, YjsAwarenessCmd(conn, ack_id, msg.update))
+
+
 async def chat_history(
     ctx: AppContext, conn: Client, payload: Any, ack_id: int | None
 ) -> None:
@@ -267,5 +312,8 @@ HANDLERS: dict[str, Handler] = {
     "chat": chat,
     "chat-history": chat_history,
     **{name: _relay_handler(name) for name in ("cursor", "selection", "typing", "broadcast")},
+    "yjs-update": yjs_update,
+    "yjs-sync": yjs_sync,
+    "yjs-awareness": yjs_awareness,
     **{name: not_yet for name in NOT_YET},
 }

@@ -21,7 +21,8 @@ from ..protocol.ids import Role
 from ..protocol.messages import ChatPayload, FieldPayload, OpPayload
 from .peer import Peer
 
-__all__ = ["ChatCmd", "Command", "FieldCmd", "Join", "Leave", "OpCmd", "Relay", "SetRole"]
+__all__ = ["ChatCmd", "Command", "FieldCmd", "Join", "Leave", "OpCmd", "Relay", "SetRole",
+           "YjsAwarenessCmd", "YjsSyncCmd", "YjsUpdateCmd"]
 
 
 @dataclass(slots=True)
@@ -152,3 +153,34 @@ class ChatCmd(Command):
     def required_role(self) -> Role:
         """Chat needs ``write``."""
         return "write"
+
+
+@dataclass(slots=True)
+class YjsUpdateCmd(Command):
+    """A Yjs update for the room's CRDT document."""
+
+    update: bytes
+
+    event: ClassVar[str] = "yjs-update"
+
+    def required_role(self) -> Role:
+        """Changing the Yjs document needs ``write``."""
+        return "write"
+
+
+@dataclass(slots=True)
+class YjsSyncCmd(Command):
+    """A state vector: answer with what the client is missing."""
+
+    state_vector: bytes
+
+    event: ClassVar[str] = "yjs-sync"
+
+
+@dataclass(slots=True)
+class YjsAwarenessCmd(Command):
+    """A y-protocols awareness update (presence of Yjs clients): relayed, tracked."""
+
+    update: bytes
+
+    event: ClassVar[str] = "yjs-awareness"

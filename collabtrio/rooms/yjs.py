@@ -1,0 +1,327 @@
+"""A room's Yjs document: one ``pycrdt.Doc``, its durable update log, and awareness.
+
+Theory of operation: the Yjs component is a room component (see ``room.py``), like the
+document keeper. It costs nothing until a member sends a Yjs event: the document is
+loaded (snapshot, then the log after it) by the component's task when the first
+``yjs-update`` or ``yjs-sync`` arrives. Updates and syncs queue in the component's
+inbox; the task takes every command waiting and, in order:
+
+- a ``yjs-sync`` is answered at once with ``doc.get_update(state_vector)``: exactly
+  what the client is missing, updates of this batch included;
+- a ``yjs-update`` is applied to the document (a malformed one is refused with
+  ``VALIDATION`` and changes nothing) and relayed to the other members at once: a
+  CRDT update commutes with every other, so relaying before storing cannot reorder
+  anything, and a relayed update that storage then loses is sent again by its author
+  (it is not acknowledged) and merged by everyone as a no-op.
+
+Then the batch's updates are appended to the room's log through the group commit (one
+transaction for many rooms) and each sender gets ``{ok: true}`` only after the commit:
+an acknowledged update is durable. A failed commit answers ``STORAGE_UNAVAILABLE``
+(retryable) and keeps the updates for the next commit, with new log ids (ids are
+never reused, so a commit whose answer was lost cannot collide with its retry; a
+duplicate in the log is a no-op when merged).
+
+Compaction: once the log since the snapshot holds ``yjs_compact_updates`` updates or
+``yjs_compact_bytes`` bytes, and when the room closes, the commit carries a snapshot
+instead of the new entries: ``pycrdt.merge_updates`` of the old snapshot and every
+entry, which keeps updates whose dependencies have not arrived yet (a ``Doc`` parks
+those and leaves them out of ``get_update()``; the merge does not), written in the
+same transaction that deletes the entries it covers.
+
+Awareness (``yjs-awareness``) needs no storage and no document: the room task reads
+each update (y-protocols encoding) to learn which Yjs client ids each connection
+announced and their clocks, relays it to the others (volatile), and when a connection
+leaves the room or drops sends the others the update that removes its client ids. A
+joiner gets the current states as one ``yjs-awareness`` event before its join ack.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pycrdt
+import trio
+
+from ..errors import CollabError, ErrorCode
+from ..protocol import yprotocol
+from ..protocol.outgoing import Outgoing
+from ..storage.base import StorageError, YjsChanges
+from ..storage.errors import storage_unavailable
+from .commands import Command, YjsAwarenessCmd, YjsSyncCmd, YjsUpdateCmd
+from .peer import Peer
+from .presence import Member
+from .room import Room
+
+log = logging.getLogger(__name__)
+
+__all__ = ["YjsComponent"]
+
+_UNAVAILABLE = storage_unavailable(
+    "storage is unavailable; the Yjs update was applied but not stored: send it again")
+
+YjsCommand = YjsUpdateCmd | YjsSyncCmd
+
+
+class YjsComponent:
+    """The Yjs component of a room (see the module docstring)."""
+
+    name = "yjs"
+    commands: tuple[type[Command], ...] = (YjsUpdateCmd, YjsSyncCmd, YjsAwarenessCmd)
+
+    def __init__(self, room: Room) -> None:
+        host = room.registry
+        self.room = room
+        self.room_id = room.id
+        self.config = room.config
+        self.store = host.store
+        self.queue = host.commits
+        self.doc: pycrdt.Doc[Any] | None = None  # loaded on first use
+        self._snapshot: bytes | None = None
+        self._covers = 0
+        self._log: list[bytes] = []  # stored entries after the snapshot
+        self._log_bytes = 0
+        self._next_id = 1
+        self._unstored: list[bytes] = []  # applied, their commit failed: write them next
+        self._inbox: list[YjsCommand] = []
+        self._wakeup = trio.lowlevel.ParkingLot()
+        self._space = trio.lowlevel.ParkingLot()
+        self._lock = trio.Lock()
+        # awareness: client id -> (clock, state JSON, owner); owner -> its client ids
+        self._aware: dict[int, tuple[int, str, Peer]] = {}
+        self._owned: dict[Peer, set[int]] = {}
+        self.commits = 0
+
+    # -- the room task's side ----------------------------------------------------------
+
+    def handle(self, cmd: Command) -> None:
+        """Take a command from a member allowed to send it (room task)."""
+        if isinstance(cmd, YjsAwarenessCmd):
+            self._awareness(cmd)
+            return
+        assert isinstance(cmd, YjsUpdateCmd | YjsSyncCmd)
+        self._inbox.append(cmd)
+        self._wakeup.unpark()
+
+    def _awareness(self, cmd: YjsAwarenessCmd) -> None:
+        try:
+            entries = yprotocol.decode_awareness(cmd.update)
+        except yprotocol.YProtocolError as exc:
+            cmd.refuse(CollabError(ErrorCode.VALIDATION, f"malformed awareness update: {exc}"))
+            return
+        conn = cmd.conn
+        for entry in entries:
+            known = self._aware.get(entry.client_id)
+            if known is not None and known[2] is not conn:
+                if entry.clock <= known[0]:
+                    continue  # stale, or another connection's client id: not this one's
+                self._owned.get(known[2], set()).discard(entry.client_id)
+            if entry.state == "null":
+                self._aware.pop(entry.client_id, None)
+                self._owned.get(conn, set()).discard(entry.client_id)
+            else:
+                self._aware[entry.client_id] = (entry.clock, entry.state, conn)
+                self._owned.setdefault(conn, set()).add(entry.client_id)
+        self._relay("yjs-awareness", cmd.update, conn, volatile=True)
+        if cmd.ack_id is not None:
+            conn.ack(cmd.ack_id, {"ok": True})
+
+    def _relay(self, event: str, update: bytes, sender: Peer, *, volatile: bool) -> None:
+        ident = sender.identity
+        self.room.broadcast(Outgoing.event(event, {
+            "room": self.room_id, "userId": ident.user_id, "userName": ident.name,
+            "socketId": sender.sid, "update": update,
+        }), exclude=sender, volatile=volatile)
+
+    def join_reply(self, member: Member, since: int | None, reply: dict[str, Any]) -> None:
+        """A joiner gets the current awareness states (one event, before its ack)."""
+        if self._aware:
+            states = yprotocol.encode_awareness([
+                yprotocol.AwarenessEntry(cid, clock, state)
+                for cid, (clock, state, _) in self._aware.items()])
+            member.conn.emit("yjs-awareness", {"room": self.room_id, "userId": None,
+                                               "userName": None, "socketId": None,
+                                               "update": states})
+
+    def on_leave(self, conn: Peer) -> None:
+        """The others learn that the leaver's Yjs clients are gone."""
+        owned = self._owned.pop(conn, None)
+        if not owned:
+            return
+        gone = [(cid, self._aware.pop(cid)[0]) for cid in sorted(owned) if cid in self._aware]
+        if gone:
+            self._relay("yjs-awareness", yprotocol.removal_update(gone), conn, volatile=False)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, nothing unstored, no commit running."""
+        return not self._inbox and not self._unstored and not self._lock.locked()
+
+    @property
+    def full(self) -> bool:
+        """``room_inbox_size`` Yjs commands are waiting."""
+        return len(self._inbox) >= self.config.room_inbox_size
+
+    async def wait_for_space(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` while the queue is full; False if it still is."""
+        with trio.move_on_after(timeout):
+            while self.full:
+                await self._space.park()
+        return not self.full
+
+    def refuse_pending(self, err: CollabError) -> None:
+        """Answer every queued command with ``err``."""
+        commands, self._inbox = self._inbox, []
+        for cmd in commands:
+            cmd.refuse(err)
+        self._space.unpark_all()
+
+    # -- the task ----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Serve batches until cancelled; the document loads on first use."""
+        task_status.started()
+        while True:
+            if not self._inbox:
+                await self._wakeup.park()
+            await self.process()
+
+    async def flush(self) -> None:
+        """Apply and commit what is queued now."""
+        while self._inbox or self._unstored:
+            if not await self.process():
+                return
+
+    async def close(self) -> None:
+        """The final flush, with a compaction (call shielded, with a deadline)."""
+        await self.flush()
+        if self.doc is not None and self._log:
+            async with self._lock:
+                await self._commit([], compact=True)
+
+    async def _load(self) -> bool:
+        try:
+            with trio.CancelScope(shield=True):
+                state = await self.store.load_yjs(self.room_id)
+        except StorageError as exc:
+            log.warning("room %s: cannot load the Yjs document: %s", self.room_id, exc)
+            self.refuse_pending(storage_unavailable(
+                "storage is unavailable; the Yjs document cannot be loaded: try again"))
+            return False
+        doc: pycrdt.Doc[Any] = pycrdt.Doc()
+        try:
+            if state.snapshot is not None:
+                doc.apply_update(state.snapshot)
+            for _, update in state.log:
+                doc.apply_update(update)
+        except ValueError:
+            log.exception("room %s: the stored Yjs document does not decode", self.room_id)
+            self.refuse_pending(CollabError(ErrorCode.INTERNAL,
+                                            "the stored Yjs document does not decode"))
+            return False
+        self.doc = doc
+        self._snapshot, self._covers = state.snapshot, state.covers
+        self._log = [update for _, update in state.log]
+        self._log_bytes = sum(len(u) for u in self._log)
+        self._next_id = max([state.covers, *(uid for uid, _ in state.log)]) + 1
+        return True
+
+    @property
+    def size(self) -> int:
+        """Bytes of the stored document (snapshot plus log; a merge may shrink it)."""
+        return (len(self._snapshot or b"") + self._log_bytes
+                + sum(len(u) for u in self._unstored))
+
+    async def process(self) -> bool:
+        """One batch: apply and answer syncs and updates, commit, acknowledge.
+        False if the document could not be loaded (the batch was refused)."""
+        async with self._lock:
+            if self.doc is None and not await self._load():
+                return False
+            doc = self.doc
+            assert doc is not None
+            commands, self._inbox = self._inbox, []
+            self._space.unpark_all()
+            limit = self.config.max_document_bytes
+            size = self.size
+            applied: list[YjsUpdateCmd] = []
+            updates: list[bytes] = []
+            for cmd in commands:
+                if isinstance(cmd, YjsSyncCmd):
+                    try:
+                        missing = doc.get_update(cmd.state_vector)
+                    except ValueError as exc:
+                        cmd.refuse(CollabError(ErrorCode.VALIDATION,
+                                               f"malformed state vector: {exc}"))
+                        continue
+                    if cmd.ack_id is not None:
+                        cmd.conn.ack(cmd.ack_id, {"ok": True, "update": missing})
+                    continue
+                if size + len(cmd.update) > limit:
+                    cmd.refuse(CollabError(
+                        ErrorCode.TOO_LARGE, f"the Yjs document would grow past "
+                        f"{limit} bytes (max_document_bytes)"))
+                    continue
+                try:
+                    doc.apply_update(cmd.update)
+                except ValueError as exc:
+                    cmd.refuse(CollabError(ErrorCode.VALIDATION, f"malformed Yjs update: {exc}"))
+                    continue
+                size += len(cmd.update)
+                self._relay("yjs-update", cmd.update, cmd.conn, volatile=False)
+                applied.append(cmd)
+                updates.append(cmd.update)
+            if not updates and not self._unstored:
+                return True
+            pending = self._unstored + updates
+            compact = (len(self._log) + len(pending) >= self.config.yjs_compact_updates
+                       or self._log_bytes + sum(map(len, pending))
+                       >= self.config.yjs_compact_bytes)
+            # once handed to the writer the transaction finishes: wait for its outcome
+            with trio.CancelScope(shield=True):
+                stored = await self._commit(pending, compact=compact)
+            if not stored:
+                self._unstored = pending
+                for cmd in applied:
+                    cmd.refuse(_UNAVAILABLE)
+                return True
+            self._unstored = []
+            for cmd in applied:
+                if cmd.ack_id is not None:
+                    cmd.conn.ack(cmd.ack_id, {"ok": True})
+            return True
+
+    async def _commit(self, updates: list[bytes], *, compact: bool) -> bool:
+        """Append ``updates`` to the log (or merge everything into a new snapshot)."""
+        first = self._next_id
+        self._next_id += len(updates)  # never reused, even if the commit fails
+        if compact:
+            parts = ([self._snapshot] if self._snapshot is not None else []) + self._log + updates
+            snapshot = pycrdt.merge_updates(*parts)
+            covers = self._next_id - 1
+            changes = YjsChanges(self.room_id, snapshot=snapshot, covers=covers)
+        else:
+            changes = YjsChanges(self.room_id,
+                                 [(first + i, u) for i, u in enumerate(updates)])
+        try:
+            await self.queue.commit([changes])
+        except StorageError as exc:
+            log.warning("room %s: Yjs commit failed: %s", self.room_id, exc)
+            return False
+        self.commits += 1
+        if compact:
+            self._snapshot, self._covers = changes.snapshot, changes.covers
+            self._log, self._log_bytes = [], 0
+        else:
+            self._log.extend(updates)
+            self._log_bytes += sum(len(u) for u in updates)
+        return True
+
+    # -- for back-end code ----------------------------------------------------------------
+
+    def text(self, name: str) -> str | None:
+        """The content of the document's ``Y.Text`` called ``name`` (None if not loaded)."""
+        if self.doc is None:
+            return None
+        return str(self.doc.get(name, type=pycrdt.Text))
