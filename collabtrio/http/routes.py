@@ -2,6 +2,7 @@
 
 - ``/socket.io/``: Socket.IO over long-polling and WebSocket
   (:class:`~collabtrio.transport.endpoint.EngineEndpoint`).
+- ``/yjs/<room>``: y-websocket (:class:`~collabtrio.app.yws.YWebsocketEndpoint`).
 - ``/healthz``: 200 when storage answers, 503 with the reason when it does not.
 - anything else: 404 (the front door's default).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from ..app.connect import SocketIOApp
 from ..app.context import AppContext
+from ..app.yws import YJS_PATH, YWebsocketEndpoint
 from ..transport.endpoint import SOCKETIO_PATH, EngineEndpoint
 from ..transport.frontdoor import HttpRequest, HttpResponse, Router
 
@@ -31,6 +33,7 @@ def build_router(ctx: AppContext) -> Router:
         return HttpResponse.json(200, {"status": "ok"})
 
     router.websocket(SOCKETIO_PATH, engine.websocket)
+    router.websocket(YJS_PATH, YWebsocketEndpoint(ctx).websocket, prefix=True)
     router.http(SOCKETIO_PATH, engine.http)
     router.http("/healthz", healthz)
     return router

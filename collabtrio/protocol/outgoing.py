@@ -39,7 +39,7 @@ class Outgoing:
     instances are immutable once built (the cached encodings are derived values).
     """
 
-    __slots__ = ("_polling", "_ws", "attachments", "packet")
+    __slots__ = ("_polling", "_ws", "attachments", "packet", "yws")
 
     def __init__(self, packet: str, attachments: tuple[bytes, ...] = ()) -> None:
         self.packet = packet
@@ -49,6 +49,9 @@ class Outgoing:
         attachments, in placeholder order)."""
         self._ws: bytes | None = None
         self._polling: tuple[str, ...] | None = None
+        self.yws: bytes | None = None
+        """The same message for y-websocket peers, as one framed WebSocket binary
+        message (a y-protocols message), or None: those peers get nothing else."""
 
     # -- constructors --------------------------------------------------------------------
 
@@ -85,6 +88,17 @@ class Outgoing:
     def engineio(cls, packet: str) -> Outgoing:
         """A bare Engine.IO packet (``"2"`` ping, ``"6"`` noop, ``"3probe"``)."""
         return cls(packet)
+
+    @classmethod
+    def yws_only(cls, message: bytes) -> Outgoing:
+        """A y-protocols message for y-websocket peers alone (Socket.IO peers are never
+        handed one)."""
+        return cls("").with_yws(message)
+
+    def with_yws(self, message: bytes) -> Outgoing:
+        """Attach the y-protocols ``message`` y-websocket peers get instead; ``self``."""
+        self.yws = wsframe.binary_frame(message)
+        return self
 
     @classmethod
     def _from_parts(cls, parts: list[str | bytes]) -> Outgoing:

@@ -22,7 +22,7 @@ from ..protocol.messages import ChatPayload, FieldPayload, OpPayload
 from .peer import Peer
 
 __all__ = ["ChatCmd", "Command", "FieldCmd", "Join", "Leave", "OpCmd", "Relay", "SetRole",
-           "YjsAwarenessCmd", "YjsSyncCmd", "YjsUpdateCmd"]
+           "YjsAwarenessCmd", "YjsHelloCmd", "YjsSyncCmd", "YjsUpdateCmd"]
 
 
 @dataclass(slots=True)
@@ -170,9 +170,11 @@ class YjsUpdateCmd(Command):
 
 @dataclass(slots=True)
 class YjsSyncCmd(Command):
-    """A state vector: answer with what the client is missing."""
+    """A state vector: answer with what the client is missing (an ack, or for a
+    y-websocket peer, ``step2``, a y-protocols sync step 2)."""
 
     state_vector: bytes
+    step2: bool = False
 
     event: ClassVar[str] = "yjs-sync"
 
@@ -184,3 +186,10 @@ class YjsAwarenessCmd(Command):
     update: bytes
 
     event: ClassVar[str] = "yjs-awareness"
+
+
+@dataclass(slots=True)
+class YjsHelloCmd(Command):
+    """A y-websocket peer joined: send it the document's sync step 1 (and awareness)."""
+
+    event: ClassVar[str] = "yjs-hello"

@@ -48,7 +48,7 @@ from ..protocol import yprotocol
 from ..protocol.outgoing import Outgoing
 from ..storage.base import StorageError, YjsChanges
 from ..storage.errors import storage_unavailable
-from .commands import Command, YjsAwarenessCmd, YjsSyncCmd, YjsUpdateCmd
+from .commands import Command, YjsAwarenessCmd, YjsHelloCmd, YjsSyncCmd, YjsUpdateCmd
 from .peer import Peer
 from .presence import Member
 from .room import Room
@@ -60,14 +60,23 @@ __all__ = ["YjsComponent"]
 _UNAVAILABLE = storage_unavailable(
     "storage is unavailable; the Yjs update was applied but not stored: send it again")
 
-YjsCommand = YjsUpdateCmd | YjsSyncCmd
+# an update with no structs and no deletions (what a sync step 2 of an up-to-date peer holds)
+_EMPTY_UPDATE = b"\x00\x00"
+
+YjsCommand = YjsUpdateCmd | YjsSyncCmd | YjsHelloCmd
+
+
+def _echoes_awareness(peer: Peer) -> bool:
+    # y-websocket peers count on hearing their own awareness renewals back
+    return bool(getattr(peer, "echo_awareness", False))
 
 
 class YjsComponent:
     """The Yjs component of a room (see the module docstring)."""
 
     name = "yjs"
-    commands: tuple[type[Command], ...] = (YjsUpdateCmd, YjsSyncCmd, YjsAwarenessCmd)
+    commands: tuple[type[Command], ...] = (YjsUpdateCmd, YjsSyncCmd, YjsAwarenessCmd,
+                                           YjsHelloCmd)
 
     def __init__(self, room: Room) -> None:
         host = room.registry
@@ -99,7 +108,7 @@ class YjsComponent:
         if isinstance(cmd, YjsAwarenessCmd):
             self._awareness(cmd)
             return
-        assert isinstance(cmd, YjsUpdateCmd | YjsSyncCmd)
+        assert isinstance(cmd, YjsUpdateCmd | YjsSyncCmd | YjsHelloCmd)
         self._inbox.append(cmd)
         self._wakeup.unpark()
 
@@ -122,26 +131,39 @@ class YjsComponent:
             else:
                 self._aware[entry.client_id] = (entry.clock, entry.state, conn)
                 self._owned.setdefault(conn, set()).add(entry.client_id)
-        self._relay("yjs-awareness", cmd.update, conn, volatile=True)
+        out = self._relay("yjs-awareness", cmd.update, conn, volatile=True)
+        if _echoes_awareness(conn):
+            conn.send(out, True)
         if cmd.ack_id is not None:
             conn.ack(cmd.ack_id, {"ok": True})
 
-    def _relay(self, event: str, update: bytes, sender: Peer, *, volatile: bool) -> None:
+    def _relay(self, event: str, update: bytes, sender: Peer, *, volatile: bool) -> Outgoing:
         ident = sender.identity
-        self.room.broadcast(Outgoing.event(event, {
+        message = (yprotocol.SyncUpdate(update) if event == "yjs-update"
+                   else yprotocol.AwarenessMessage(update))
+        out = Outgoing.event(event, {
             "room": self.room_id, "userId": ident.user_id, "userName": ident.name,
             "socketId": sender.sid, "update": update,
-        }), exclude=sender, volatile=volatile)
+        }).with_yws(yprotocol.encode_message(message))
+        self.room.broadcast(out, exclude=sender, volatile=volatile)
+        return out
+
+    def _awareness_states(self) -> Outgoing | None:
+        if not self._aware:
+            return None
+        states = yprotocol.encode_awareness([
+            yprotocol.AwarenessEntry(cid, clock, state)
+            for cid, (clock, state, _) in self._aware.items()])
+        return Outgoing.event("yjs-awareness", {
+            "room": self.room_id, "userId": None, "userName": None, "socketId": None,
+            "update": states}).with_yws(yprotocol.encode_message(
+                yprotocol.AwarenessMessage(states)))
 
     def join_reply(self, member: Member, since: int | None, reply: dict[str, Any]) -> None:
         """A joiner gets the current awareness states (one event, before its ack)."""
-        if self._aware:
-            states = yprotocol.encode_awareness([
-                yprotocol.AwarenessEntry(cid, clock, state)
-                for cid, (clock, state, _) in self._aware.items()])
-            member.conn.emit("yjs-awareness", {"room": self.room_id, "userId": None,
-                                               "userName": None, "socketId": None,
-                                               "update": states})
+        out = self._awareness_states()
+        if out is not None:
+            member.conn.send(out)
 
     def on_leave(self, conn: Peer) -> None:
         """The others learn that the leaver's Yjs clients are gone."""
@@ -248,6 +270,10 @@ class YjsComponent:
             applied: list[YjsUpdateCmd] = []
             updates: list[bytes] = []
             for cmd in commands:
+                if isinstance(cmd, YjsHelloCmd):
+                    cmd.conn.send(Outgoing.yws_only(yprotocol.encode_message(
+                        yprotocol.SyncStep1(doc.get_state()))))
+                    continue
                 if isinstance(cmd, YjsSyncCmd):
                     try:
                         missing = doc.get_update(cmd.state_vector)
@@ -255,8 +281,16 @@ class YjsComponent:
                         cmd.refuse(CollabError(ErrorCode.VALIDATION,
                                                f"malformed state vector: {exc}"))
                         continue
-                    if cmd.ack_id is not None:
+                    if cmd.step2:
+                        cmd.conn.send(Outgoing.yws_only(yprotocol.encode_message(
+                            yprotocol.SyncStep2(missing))))
+                    elif cmd.ack_id is not None:
                         cmd.conn.ack(cmd.ack_id, {"ok": True, "update": missing})
+                    continue
+                if cmd.update == _EMPTY_UPDATE:
+                    # a sync step 2 with nothing in it: nothing to apply, relay or store
+                    if cmd.ack_id is not None:
+                        cmd.conn.ack(cmd.ack_id, {"ok": True})
                     continue
                 if size + len(cmd.update) > limit:
                     cmd.refuse(CollabError(

@@ -137,6 +137,12 @@ class ServerWebSocket:
         data += self._ws.send(RejectData(data=body))
         await self.stream.send_all(data)
 
+    def ping(self) -> None:
+        """Queue a ping (keeps proxies and idle-timeout clients from closing an idle
+        socket); nothing once the socket is closing."""
+        if self._ws.state is ConnectionState.OPEN:
+            self.outbox.push(self._ws.send(Ping()))
+
     def close(self, code: int, reason: str | None = None) -> None:
         """Queue a close frame after what is already queued, and accept no more frames."""
         ws = self._ws

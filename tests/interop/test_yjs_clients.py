@@ -113,3 +113,29 @@ def test_js_and_python_clients_edit_one_document(
         run(scenario())
     finally:
         server.stop(signal.SIGKILL)
+
+
+def test_stock_websocket_providers_and_a_socketio_client_edit_one_document(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    """Two y-websocket 3 ``WebsocketProvider``s (on ``/yjs/<room>``) and a
+    socket.io-client Yjs peer type at once and converge; the awareness of a provider
+    that goes disappears for the others."""
+    server = server_factory()
+    assert NODE is not None
+    scenario = {
+        "url": server.url, "room": "doc:1", "timeoutMs": 10_000,
+        "providers": [{"name": "p1", "token": server.token("p1"), "text": "one "},
+                      {"name": "p2", "token": server.token("p2"), "text": "two "}],
+        "socketio": {"token": server.token("s"), "text": "three "},
+    }
+    proc = subprocess.run([NODE, str(NODE_DIR / "ywsclient.mjs")], input=json.dumps(scenario),
+                          capture_output=True, text=True, timeout=90, cwd=NODE_DIR)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0, (out, proc.stderr)
+    results = out["results"]
+    texts = {results["p1"], results["p2"], results["socketio"]}
+    assert len(texts) == 1, results
+    assert sorted(texts.pop().split()) == ["one", "three", "two"]
+    assert results["acks"] == [{"ok": True}]
+    assert results["awarenessGone"] < 2000

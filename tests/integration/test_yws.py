@@ -1,0 +1,169 @@
+"""The y-websocket endpoint ``/yjs/<room>``: y-protocols peers share a room's Yjs
+document with Socket.IO clients. A trio-websocket client speaks y-protocols through
+the project's codec and keeps a pycrdt document; in-process server, mock clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pycrdt
+import pytest
+import trio
+import trio.testing
+from trio_websocket import ConnectionClosed, ConnectionRejected, wrap_client_stream
+
+from collabtrio.protocol import yprotocol as yp
+from collabtrio.testing import TestServer, open_test_server
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+@asynccontextmanager
+async def yws(server: TestServer, room: str, token: str | None,
+              headers: list[tuple[bytes, bytes]] | None = None) -> AsyncIterator[Any]:
+    client_end, server_end = trio.testing.memory_stream_pair()
+    server.server.connect_stream(server_end)
+    resource = f"/yjs/{room}" + (f"?token={token}" if token else "")
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await wrap_client_stream(nursery, client_end, "localhost", resource,
+                                          extra_headers=headers or [])
+            try:
+                yield ws
+            finally:
+                await ws.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # the client library raises from its reader task: surface the one error
+        leaves = list(_leaves(group))
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+async def receive(ws: Any) -> yp.Message:
+    with trio.fail_after(10):
+        return yp.decode_message(await ws.get_message())
+
+
+async def receive_until(ws: Any, kind: type) -> Any:
+    while True:
+        msg = await receive(ws)
+        if isinstance(msg, kind):
+            return msg
+
+
+def text_doc() -> tuple[pycrdt.Doc[Any], pycrdt.Text]:
+    doc: pycrdt.Doc[Any] = pycrdt.Doc()
+    return doc, doc.get("text", type=pycrdt.Text)
+
+
+async def test_a_y_websocket_peer_and_a_socketio_client_edit_one_document(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as server, server.client("sio") as sio:
+        await sio.join("doc")
+        seed, seed_text = text_doc()
+        seed_text += "hello"
+        assert (await sio.call("yjs-update", {"room": "doc", "update": seed.get_update()}))["ok"]
+        async with yws(server, "doc", server.token("yuser")) as ws:
+            # the server opens with its sync step 1; our step 1 gets its step 2
+            step1 = await receive(ws)
+            assert isinstance(step1, yp.SyncStep1)
+            doc, text = text_doc()
+            await ws.send_message(yp.encode_message(yp.SyncStep1(doc.get_state())))
+            step2 = await receive_until(ws, yp.SyncStep2)
+            doc.apply_update(step2.update)
+            assert str(text) == "hello"
+            # answer the server's step 1 with what it misses (nothing yet)
+            await ws.send_message(yp.encode_message(
+                yp.SyncStep2(doc.get_update(step1.state_vector))))
+            # our edit reaches the Socket.IO client, and is stored
+            before = doc.get_state()
+            text += " world"
+            await ws.send_message(yp.encode_message(yp.SyncUpdate(doc.get_update(before))))
+            got = await sio.next_event("yjs-update")
+            assert got["userId"] == "yuser"
+            assert got["socketId"].startswith("yws-")
+            # and a Socket.IO edit reaches us as a sync update
+            seed.apply_update(got["update"])
+            assert str(seed_text) == "hello world"  # the empty step 2 was not relayed
+            before = seed.get_state()
+            seed_text += "!"
+            await sio.call("yjs-update", {"room": "doc", "update": seed.get_update(before)})
+            update = await receive_until(ws, yp.SyncUpdate)
+            doc.apply_update(update.update)
+            assert str(text) == "hello world!"
+            # awareness: echoed to us, relayed to the others, removed when we go
+            mine = yp.encode_awareness([yp.AwarenessEntry(doc.client_id, 1, '{"u":1}')])
+            await ws.send_message(yp.encode_message(yp.AwarenessMessage(mine)))
+            echo = await receive_until(ws, yp.AwarenessMessage)
+            assert echo.update == mine
+            assert (await sio.next_event("yjs-awareness"))["update"] == mine
+        gone = yp.decode_awareness((await sio.next_event("yjs-awareness"))["update"])
+        assert [(e.client_id, e.state) for e in gone] == [(doc.client_id, "null")]
+        async with server.client("late") as late:
+            await late.join("doc")
+            ack = await late.call("yjs-sync", {"room": "doc",
+                                               "stateVector": pycrdt.Doc().get_state()})
+            check, check_text = text_doc()
+            check.apply_update(ack["update"])
+            assert str(check_text) == "hello world!"
+
+
+async def test_refusals_on_the_y_websocket_endpoint(autojump_clock: trio.testing.MockClock
+                                                    ) -> None:
+    async with open_test_server() as server:
+        for token, status in [(None, 401), ("not-a-token", 401)]:
+            with pytest.raises(ConnectionRejected) as info:
+                async with yws(server, "doc", token):
+                    pass
+            assert info.value.status_code == status
+        with pytest.raises(ConnectionRejected) as info:
+            async with yws(server, "user:someone-else", server.token("me")):
+                pass
+        assert info.value.status_code == 403
+        with pytest.raises(ConnectionRejected) as info:
+            async with yws(server, "bad!room", server.token("me")):
+                pass
+        assert info.value.status_code == 400
+        # the Bearer header works too
+        bearer = [(b"authorization", f"Bearer {server.token('hdr')}".encode())]
+        async with yws(server, "doc", None, bearer) as ws:
+            assert isinstance(await receive(ws), yp.SyncStep1)
+        # a read member's update is not applied: it is told (auth: permission denied)
+        async with yws(server, "doc", server.token("reader", rooms={"doc": "read"})) as ws:
+            await receive(ws)
+            doc, text = text_doc()
+            text += "nope"
+            await ws.send_message(yp.encode_message(yp.SyncUpdate(doc.get_update())))
+            denied = await receive_until(ws, yp.AuthMessage)
+            assert denied.denied_reason == "permission denied"
+        async with server.client("check") as check:
+            await check.join("doc")
+            ack = await check.call("yjs-sync", {"room": "doc",
+                                                "stateVector": pycrdt.Doc().get_state()})
+            empty, empty_text = text_doc()
+            empty.apply_update(ack["update"])
+            assert str(empty_text) == ""
+        # a malformed message closes with 4400 (the provider stops reconnecting)
+        async with yws(server, "doc", server.token("bad")) as ws:
+            await receive(ws)
+            await ws.send_message(b"\x07\x01")
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await receive(ws)
+            assert closed.value.reason.code == 4400
