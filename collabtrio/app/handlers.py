@@ -122,15 +122,7 @@ DOCUMENT_QUEUE_WAIT_S = 1.0
 
 
 async def _document_space(room: Room) -> None:
-    # the room hands document commands straight to its keeper, so the bound that
-    # protects memory is the keeper's queue: wait a little, then a retryable refusal
-    keeper = room.component("document")
-    if keeper is not None and keeper.full and not await keeper.wait_for_space(
-        DOCUMENT_QUEUE_WAIT_S
-    ):
-        raise CollabError(ErrorCode.RATE_LIMITED,
-                          f"room {room.id!r} is busy storing earlier changes; retry shortly",
-                          retryable=True)
+    await _component_space(room, "document")
 
 
 def _joined_room(conn: Client, room_id: str, event: str) -> Room:
@@ -237,6 +229,8 @@ async def chat(ctx: AppContext, conn: Client, payload: Any, ack_id: int | None) 
 
 
 async def _component_space(room: Room, name: str) -> None:
+    # the room hands a component's commands straight to it, so the bound that protects
+    # memory is the component's queue: wait a little, then a retryable refusal
     component = room.component(name)
     if component is not None and component.full and not await component.wait_for_space(
         DOCUMENT_QUEUE_WAIT_S
