@@ -20,7 +20,7 @@ WebSocket ping every ``ping_interval_ms`` keeps the socket alive through proxies
 Refusals: a ``read`` member's update is not applied and it gets the y-protocols auth
 message (permission denied). A malformed message, a text message or a refused update
 (``VALIDATION``, ``TOO_LARGE``) closes with 4400, which the provider takes as "stop
-reconnecting"; a token refused later (``INVALID_TOKEN``) 4401, a forbidden room 4403;
+reconnecting"; a token that expires while connected 4401 (there is no refresh);
 anything transient (storage, a full room, the rate limit, shutdown) closes with a
 code below 4000 so the provider reconnects and syncs again.
 """
@@ -62,10 +62,10 @@ YJS_PATH = "/yjs/"
 
 CLOSE_REFUSED = 4400  # malformed input or a refused update: do not reconnect
 CLOSE_UNAUTHORIZED = 4401
-CLOSE_FORBIDDEN = 4403
 CLOSE_TRY_AGAIN = 1013
 CLOSE_INTERNAL = 1011
 CLOSE_POLICY = 1008
+CLOSE_GRACE_S = 5.0
 
 _PERMANENT = {ErrorCode.VALIDATION, ErrorCode.TOO_LARGE, ErrorCode.INVALID_ROOM}
 
@@ -213,6 +213,9 @@ class YWebsocketEndpoint:
                     if peer.join_error is None:
                         await room.mailbox.put(YjsHelloCmd(peer, None))
                         nursery.start_soon(self._pings, peer)
+                        if identity.expires_at is not None:
+                            nursery.start_soon(self._expire, peer, identity.expires_at,
+                                               nursery.cancel_scope)
                         await self._serve(peer, room)
                 except MailboxClosed:
                     peer.close(CLOSE_TRY_AGAIN, "room closed; reconnect")
@@ -229,6 +232,14 @@ class YWebsocketEndpoint:
         finally:
             if ws.outbox.torn:
                 abort_stream(stream)
+
+    async def _expire(self, peer: YWebsocketPeer, expires_at: float,
+                      scope: trio.CancelScope) -> None:
+        # y-websocket has no refresh-token: the connection ends with its token
+        await trio.sleep(max(0.0, expires_at - self.ctx.wall_clock()))
+        peer.close(CLOSE_UNAUTHORIZED, "token expired")
+        await trio.sleep(CLOSE_GRACE_S)  # a client that does not answer the close
+        scope.cancel()
 
     async def _pings(self, peer: YWebsocketPeer) -> None:
         interval = self.ctx.config.ping_interval_ms / 1000

@@ -167,3 +167,18 @@ async def test_refusals_on_the_y_websocket_endpoint(autojump_clock: trio.testing
                 while True:
                     await receive(ws)
             assert closed.value.reason.code == 4400
+
+
+async def test_the_connection_ends_with_its_token(autojump_clock: trio.testing.MockClock
+                                                  ) -> None:
+    """y-websocket has no refresh-token: when the token expires the socket is closed
+    with 4401 (the provider does not reconnect with the expired token)."""
+    async with open_test_server() as server:
+        async with yws(server, "doc", server.token("brief", ttl_s=30)) as ws:
+            assert isinstance(await receive(ws), yp.SyncStep1)
+            await trio.sleep(25)
+            await ws.send_message(yp.encode_message(yp.QueryAwareness()))  # still open
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await receive(ws)
+            assert closed.value.reason.code == 4401
