@@ -17,7 +17,6 @@ from typing import Any
 from ..auth.roles import check_join_allowed, resolve_role
 from ..errors import CollabError, ErrorCode
 from ..protocol import jsonsafe, messages
-from ..protocol.ids import check_room_id
 from ..rooms.commands import (
     ChatCmd,
     Command,
@@ -47,8 +46,6 @@ VOLATILE = frozenset({"cursor", "selection", "typing"})
 # the relayed events whose value stays in the member's presence
 PRESENCE_KEPT = frozenset({"cursor", "selection"})
 
-# events of the protocol that this server version does not implement yet
-NOT_YET: frozenset[str] = frozenset()
 
 
 # a JSON-escaped NUL: "\u0000" preceded by an even number of backslashes (an odd
@@ -290,13 +287,6 @@ async def refresh_token(ctx: AppContext, conn: Client, payload: Any, ack_id: int
         conn.ack(ack_id, {"ok": True, "expiresAt": conn.identity.expires_at})
 
 
-async def not_yet(ctx: AppContext, conn: Client, payload: Any, ack_id: int | None) -> None:
-    """Protocol events this server version does not implement."""
-    if isinstance(payload, dict) and "room" in payload:
-        check_room_id(payload["room"])
-    raise CollabError(ErrorCode.UNKNOWN_EVENT, "this event is not supported by this server version")
-
-
 HANDLERS: dict[str, Handler] = {
     "join": join,
     "leave": leave,
@@ -309,5 +299,4 @@ HANDLERS: dict[str, Handler] = {
     "yjs-update": yjs_update,
     "yjs-sync": yjs_sync,
     "yjs-awareness": yjs_awareness,
-    **{name: not_yet for name in NOT_YET},
 }

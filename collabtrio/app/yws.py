@@ -83,7 +83,6 @@ class YWebsocketPeer:
         self.pending_joins = 0
         self._close_reason: str | None = None
         self.joined = trio.Event()
-        self.join_error: CollabError | None = None
 
     @property
     def sid(self) -> str:
@@ -123,12 +122,10 @@ class YWebsocketPeer:
         if event == "joined":
             self.joined.set()
         elif event == "room-error":
+            # the join was refused (or the room failed): closed, so the provider retries
             error = payload.get("error", {}) if isinstance(payload, dict) else {}
-            code = error.get("code", "INTERNAL")
-            self.join_error = CollabError(ErrorCode(code) if code in ErrorCode.__members__
-                                          else ErrorCode.INTERNAL, str(error.get("message")))
-            self.joined.set()
             self.close(CLOSE_TRY_AGAIN, f"room error: {error.get('message')}")
+            self.joined.set()
 
     def ack(self, ack_id: int, payload: Any) -> None:
         """y-websocket has no acks."""
@@ -140,8 +137,8 @@ class YWebsocketPeer:
                     operation_id: str | None = None) -> None:
         """A refusal: the auth message for a forbidden update, else a close."""
         if err.code is ErrorCode.FORBIDDEN:
-            self.ws.outbox.push(Outgoing.yws_only(yprotocol.encode_message(
-                yprotocol.AuthMessage("permission denied"))).yws or b"")
+            self.send(Outgoing.yws_only(yprotocol.encode_message(
+                yprotocol.AuthMessage("permission denied"))))
         elif err.code in _PERMANENT:
             self.close(CLOSE_REFUSED, f"{err.code}: {err.message}")
         elif err.code is ErrorCode.RATE_LIMITED:
@@ -210,7 +207,7 @@ class YWebsocketEndpoint:
                     peer.pending_joins += 1
                     await room.mailbox.put(Join(peer, None, role, room_id))
                     await peer.joined.wait()
-                    if peer.join_error is None:
+                    if peer.close_reason is None:  # joined (a refusal closed it)
                         await room.mailbox.put(YjsHelloCmd(peer, None))
                         nursery.start_soon(self._pings, peer)
                         if identity.expires_at is not None:
