@@ -27,6 +27,9 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     ROOM_FULL = "ROOM_FULL"
     UNKNOWN_EVENT = "UNKNOWN_EVENT"
+    EPOCH_MISMATCH = "EPOCH_MISMATCH"
+    """The client's document is from another timeline (the room's Yjs document was
+    replaced or storage restored): drop it and sync again; retrying cannot succeed."""
     STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
     INTERNAL = "INTERNAL"
 

@@ -28,6 +28,11 @@ still flush, shielded); either way no task or socket is left behind.
 
 Error handling: an exception in one client's task is logged and ends that client
 only; it never reaches the connections nursery, so it cannot cancel the server.
+
+Embedding API, for back-end code in the same trio program: :meth:`Server.yjs_json`,
+:meth:`Server.yjs_text` and :meth:`Server.replace_yjs` go through the room's own
+mailbox (a room that is not open is opened, and closes again when idle), so they are
+ordered with the members' commands.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -43,9 +49,11 @@ from .app.grants import watch_grants
 from .auth.tokens import Authenticator
 from .config import Config
 from .http.routes import build_router
+from .protocol.ids import check_room_id
+from .rooms.commands import YjsReadCmd, YjsResetCmd
 from .rooms.keeper import DocumentKeeper
 from .rooms.registry import RoomRegistry
-from .rooms.yjs import YjsComponent
+from .rooms.yjs import YjsComponent, doc_json, doc_text
 from .storage import open_store
 from .storage.base import Store
 from .storage.writer import CommitQueue
@@ -124,6 +132,43 @@ class Server:
     def url(self) -> str:
         """``http://host:port`` of the bound listener."""
         return f"http://{self.host}:{self.port}"
+
+    # -- embedding API -------------------------------------------------------------------
+
+    async def yjs_json(self, room: str) -> dict[str, Any]:
+        """The room's Yjs document as JSON: ``{root name: value}``, a ``Y.Text`` as its
+        plain text, a ``Y.Array`` as a list, a ``Y.Map`` as a dict, an
+        ``Y.XmlFragment`` as its XML string (see :func:`collabtrio.rooms.yjs.doc_json`).
+
+        It includes every update applied before the call, stored or still being
+        stored. Raises :class:`~collabtrio.errors.CollabError`: ``INVALID_ROOM``, or
+        ``STORAGE_UNAVAILABLE`` if the room cannot be loaded.
+        """
+        return dict(await self.registry.call(
+            check_room_id(room), lambda caller: YjsReadCmd(caller, 0, doc_json)))
+
+    async def yjs_text(self, room: str, name: str) -> str:
+        """The plain text of the ``Y.Text`` called ``name`` in the room's Yjs document
+        ("" if there is none); errors as :meth:`yjs_json`."""
+        return str(await self.registry.call(
+            check_room_id(room), lambda caller: YjsReadCmd(caller, 0,
+                                                           lambda doc: doc_text(doc, name))))
+
+    async def replace_yjs(self, room: str, update: bytes | None = None) -> str:
+        """Replace the room's Yjs document with the one ``update`` holds (None: delete
+        it, an empty document), as an admin would; returns the new Yjs epoch.
+
+        In one commit the stored snapshot becomes ``update``, the update log is cleared
+        and the epoch renewed. Then Socket.IO members get ``yjs-reset {room, epoch}``
+        (they must drop their document and ``yjs-sync`` again; updates from their old
+        one are refused with ``EPOCH_MISMATCH``) and y-websocket peers are closed with
+        4409. Raises :class:`~collabtrio.errors.CollabError`: ``INVALID_ROOM``,
+        ``VALIDATION`` (not a Yjs update), ``TOO_LARGE`` (past
+        ``max_document_bytes``), ``STORAGE_UNAVAILABLE`` (the outcome is then unknown:
+        the room reloads what is stored before its next Yjs command).
+        """
+        return str(await self.registry.call(
+            check_room_id(room), lambda caller: YjsResetCmd(caller, 0, update)))
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -130,9 +130,9 @@ def _joined_room(conn: Client, room_id: str, event: str) -> Room:
 
 
 async def join(ctx: AppContext, conn: Client, payload: Any, ack_id: int | None) -> None:
-    """``join {room, since?}``."""
+    """``join {room, since?, epoch?}``."""
     msg = messages.parse(messages.JoinPayload, payload)
-    await request_join(ctx, conn, msg.room, ack_id, since=msg.since)
+    await request_join(ctx, conn, msg.room, ack_id, since=msg.since, epoch=msg.epoch)
 
 
 async def request_join(
@@ -142,6 +142,7 @@ async def request_join(
     ack_id: int | None,
     *,
     since: int | None = None,
+    epoch: str | None = None,
     at_connect: bool = False,
 ) -> None:
     """Check a join and queue it in the room (shared by ``join`` and connect-time rooms)."""
@@ -157,7 +158,7 @@ async def request_join(
     conn.pending_joins += 1
     try:
         await _deliver(room, Join(conn, ack_id, role, room_id, since=since,
-                                  at_connect=at_connect))
+                                  at_connect=at_connect, epoch=epoch))
     except CollabError:
         conn.pending_joins -= 1
         raise
@@ -238,19 +239,20 @@ async def _component_space(room: Room, name: str) -> None:
 
 
 async def yjs_update(ctx: AppContext, conn: Client, payload: Any, ack_id: int | None) -> None:
-    """``yjs-update {room, update}``: applied, relayed, acked once stored."""
+    """``yjs-update {room, update, epoch?}``: applied, relayed, acked once stored."""
     msg = messages.parse(messages.YjsUpdatePayload, payload)
     room = _joined_room(conn, msg.room, "yjs-update")
     await _component_space(room, "yjs")
-    await _deliver(room, YjsUpdateCmd(conn, ack_id, msg.update))
+    await _deliver(room, YjsUpdateCmd(conn, ack_id, msg.update, msg.epoch))
 
 
 async def yjs_sync(ctx: AppContext, conn: Client, payload: Any, ack_id: int | None) -> None:
-    """``yjs-sync {room, stateVector}``: acked with what the client is missing."""
+    """``yjs-sync {room, stateVector, epoch?}``: acked with what the client is missing
+    and the Yjs epoch."""
     msg = messages.parse(messages.YjsSyncPayload, payload)
     room = _joined_room(conn, msg.room, "yjs-sync")
     await _component_space(room, "yjs")
-    await _deliver(room, YjsSyncCmd(conn, ack_id, msg.state_vector))
+    await _deliver(room, YjsSyncCmd(conn, ack_id, msg.state_vector, epoch=msg.epoch))
 
 
 async def yjs_awareness(ctx: AppContext, conn: Client, payload: Any, ack_id: int | None

@@ -17,6 +17,13 @@ closes a socket that hears nothing for 30 s and counts on its own renewals comin
 back). On join the Yjs component sends its sync step 1 and the awareness states; a
 WebSocket ping every ``ping_interval_ms`` keeps the socket alive through proxies.
 
+Epoch: ``?epoch=`` names the Yjs epoch of the document the provider holds (from a
+Socket.IO join ack's ``yjsEpoch`` or a ``yjs-sync`` ack). It is checked when the peer
+joins, after the token and before any document data: another epoch closes with 4409
+("epoch mismatch"), in the range the stock provider does not reconnect from, so a
+document from an old timeline is never merged into the new one. When the room's Yjs
+document is replaced (``yjs-reset``), its y-websocket peers are closed with 4409 too.
+
 Refusals: a ``read`` member's update is not applied and it gets the y-protocols auth
 message (permission denied). A malformed message, a text message or a refused update
 (``VALIDATION``, ``TOO_LARGE``) closes with 4400, which the provider takes as "stop
@@ -30,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import secrets
 from collections.abc import MutableMapping
 from typing import Any
@@ -62,10 +70,13 @@ YJS_PATH = "/yjs/"
 
 CLOSE_REFUSED = 4400  # malformed input or a refused update: do not reconnect
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_EPOCH_MISMATCH = 4409  # another timeline's document: do not reconnect with it
 CLOSE_TRY_AGAIN = 1013
 CLOSE_INTERNAL = 1011
 CLOSE_POLICY = 1008
 CLOSE_GRACE_S = 5.0
+
+_EPOCH_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _PERMANENT = {ErrorCode.VALIDATION, ErrorCode.TOO_LARGE, ErrorCode.INVALID_ROOM}
 
@@ -121,6 +132,9 @@ class YWebsocketPeer:
         """Only the answers to its join matter here."""
         if event == "joined":
             self.joined.set()
+        elif event == "yjs-reset":
+            # the room's document was replaced: the provider's must not come back
+            self.close(CLOSE_EPOCH_MISMATCH, "epoch mismatch")
         elif event == "room-error":
             # the join was refused (or the room failed): closed, so the provider retries
             error = payload.get("error", {}) if isinstance(payload, dict) else {}
@@ -136,7 +150,9 @@ class YWebsocketPeer:
     def reply_error(self, ack_id: int | None, err: CollabError, event: str | None,
                     operation_id: str | None = None) -> None:
         """A refusal: the auth message for a forbidden update, else a close."""
-        if err.code is ErrorCode.FORBIDDEN:
+        if err.code is ErrorCode.EPOCH_MISMATCH:
+            self.close(CLOSE_EPOCH_MISMATCH, "epoch mismatch")
+        elif err.code is ErrorCode.FORBIDDEN:
             self.send(Outgoing.yws_only(yprotocol.encode_message(
                 yprotocol.AuthMessage("permission denied"))))
         elif err.code in _PERMANENT:
@@ -178,6 +194,10 @@ class YWebsocketEndpoint:
             room_id = check_room_id(unquote(request.path[len(YJS_PATH):]))
             identity = ctx.auth.authenticate(self._token(request))
             check_join_allowed(identity, room_id)
+            epoch = first(request.query, "epoch") or None
+            if epoch is not None and not _EPOCH_RE.fullmatch(epoch):
+                raise CollabError(ErrorCode.VALIDATION, "epoch: not an epoch this server "
+                                  "hands out (1-64 characters of A-Z, a-z, 0-9, _ and -)")
             try:
                 grants = await ctx.store.grants_for(identity.user_id)
             except StorageError:
@@ -205,7 +225,8 @@ class YWebsocketEndpoint:
                 try:
                     room = ctx.registry.get_or_open(room_id)
                     peer.pending_joins += 1
-                    await room.mailbox.put(Join(peer, None, role, room_id))
+                    await room.mailbox.put(Join(peer, None, role, room_id,
+                                                yjs_epoch=epoch))
                     await peer.joined.wait()
                     if peer.close_reason is None:  # joined (a refusal closed it)
                         await room.mailbox.put(YjsHelloCmd(peer, None))

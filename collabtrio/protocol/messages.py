@@ -80,6 +80,9 @@ RoomId = Annotated[
 OperationId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=128)]
 EntityKey = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=256)]
 PathKey = Annotated[str, StringConstraints(strict=True, max_length=256)]
+# a document epoch as the server hands it out (URL-safe base64 or hex), bounded
+Epoch = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=64,
+                                         pattern=r"^[A-Za-z0-9_-]+$")]
 # integers a JavaScript client can hold exactly, and a seq SQLite's INTEGER can hold
 _JS_SAFE: Final = 2**53 - 1
 _SEQ_MAX: Final = 2**63 - 1
@@ -105,9 +108,12 @@ class RoomPayload(Payload):
 
 
 class JoinPayload(RoomPayload):
-    """``join {room, since?}``: ``since`` is the last seq seen (int >= 0) or absent/null."""
+    """``join {room, since?, epoch?}``: ``since`` is the last seq seen (int >= 0) or
+    absent/null; ``epoch`` the document epoch that seq belongs to (from a join ack or a
+    ``replace``), so a ``since`` from another timeline gets the full state."""
 
     since: Seq | None = None
+    epoch: Epoch | None = None
 
 
 class LeavePayload(RoomPayload):
@@ -184,15 +190,20 @@ class ChatHistoryPayload(RoomPayload):
 
 
 class YjsUpdatePayload(RoomPayload):
-    """``yjs-update {room, update}``: a non-empty Yjs update as bytes."""
+    """``yjs-update {room, update, epoch?}``: a non-empty Yjs update as bytes;
+    ``epoch`` the Yjs epoch of the client's document (refused if not the room's)."""
 
     update: NonEmptyBytes
+    epoch: Epoch | None = None
 
 
 class YjsSyncPayload(RoomPayload):
-    """``yjs-sync {room, stateVector}``: the client's Yjs state vector as bytes."""
+    """``yjs-sync {room, stateVector, epoch?}``: the client's Yjs state vector as bytes;
+    ``epoch`` the Yjs epoch of the client's document, if it has one (refused if not the
+    room's; a client that dropped its document sends none)."""
 
     state_vector: Bytes = Field(alias="stateVector")
+    epoch: Epoch | None = None
 
 
 class YjsAwarenessPayload(RoomPayload):

@@ -9,20 +9,33 @@ Which task takes a command is the room's dispatch table (``room.py``): membershi
 commands are the room task's own; the rest belong to a room component (the document
 keeper takes :class:`OpCmd`, :class:`FieldCmd` and :class:`ChatCmd`), after the room
 checked membership and :meth:`Command.required_role`.
+
+:class:`ServerCommand` is the exception: it comes from back-end code in the server's
+own process (the embedding API on :class:`~collabtrio.server.Server`), not from a
+member, so the room hands it over without those checks. Its peer is a
+:class:`ServerCall`, which keeps the answer for the task awaiting
+:meth:`ServerCall.result`. It goes through the same mailbox, so it is ordered with
+the members' commands.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import trio
+
+from ..auth.tokens import Identity
 from ..errors import CollabError
 from ..protocol.ids import Role
 from ..protocol.messages import ChatPayload, FieldPayload, OpPayload
+from ..protocol.outgoing import Outgoing
 from .peer import Peer
 
-__all__ = ["ChatCmd", "Command", "FieldCmd", "Join", "Leave", "OpCmd", "Relay", "SetRole",
-           "YjsAwarenessCmd", "YjsHelloCmd", "YjsSyncCmd", "YjsUpdateCmd"]
+__all__ = ["ChatCmd", "Command", "FieldCmd", "Join", "Leave", "OpCmd", "Relay", "ServerCall",
+           "ServerCommand", "SetRole", "YjsAwarenessCmd", "YjsHelloCmd", "YjsReadCmd",
+           "YjsResetCmd", "YjsSyncCmd", "YjsUpdateCmd"]
 
 
 @dataclass(slots=True)
@@ -57,6 +70,10 @@ class Join(Command):
     room_id: str
     since: int | None = None
     at_connect: bool = False
+    epoch: str | None = None
+    """The document epoch ``since`` belongs to (``join {epoch}``)."""
+    yjs_epoch: str | None = None
+    """The Yjs epoch of the joiner's document (a y-websocket peer's ``?epoch=``)."""
 
     event: ClassVar[str] = "join"
 
@@ -157,9 +174,11 @@ class ChatCmd(Command):
 
 @dataclass(slots=True)
 class YjsUpdateCmd(Command):
-    """A Yjs update for the room's CRDT document."""
+    """A Yjs update for the room's CRDT document (``epoch``: the Yjs epoch of the
+    sender's document, if it said)."""
 
     update: bytes
+    epoch: str | None = None
 
     event: ClassVar[str] = "yjs-update"
 
@@ -175,6 +194,7 @@ class YjsSyncCmd(Command):
 
     state_vector: bytes
     step2: bool = False
+    epoch: str | None = None
 
     event: ClassVar[str] = "yjs-sync"
 
@@ -193,3 +213,96 @@ class YjsHelloCmd(Command):
     """A y-websocket peer joined: send it the document's sync step 1 (and awareness)."""
 
     event: ClassVar[str] = "yjs-hello"
+
+
+_SERVER_IDENTITY = Identity(user_id="server", name="server", email=None, picture=None)
+
+
+class ServerCall:
+    """The :class:`Peer` of a :class:`ServerCommand`: not a member of anything; the
+    command's answer (its ack, or its refusal) is kept for :meth:`result`."""
+
+    pending_joins = 0
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._value: Any = None
+        self._error: CollabError | None = None
+        self._rooms: dict[str, Any] = {}
+
+    @property
+    def sid(self) -> str:
+        """``server``: what members would see as ``socketId``."""
+        return "server"
+
+    @property
+    def identity(self) -> Identity:
+        """The server's own identity (user id ``server``)."""
+        return _SERVER_IDENTITY
+
+    @property
+    def rooms(self) -> MutableMapping[str, Any]:
+        """Always empty: a server call joins nothing."""
+        return self._rooms
+
+    @property
+    def close_reason(self) -> str | None:
+        """Never closing."""
+        return None
+
+    def send(self, out: Outgoing, volatile: bool = False) -> None:
+        """Nothing is sent to a server call."""
+
+    def emit(self, event: str, payload: Any, volatile: bool = False) -> None:
+        """Nothing is sent to a server call."""
+
+    def ack(self, ack_id: int, payload: Any) -> None:
+        """The command's result."""
+        self._finish(payload, None)
+
+    def confirm(self, ack_id: int | None, result: dict[str, Any]) -> None:
+        """The command's result."""
+        self._finish(result, None)
+
+    def reply_error(self, ack_id: int | None, err: CollabError, event: str | None,
+                    operation_id: str | None = None) -> None:
+        """The command was refused: :meth:`result` raises ``err``."""
+        self._finish(None, err)
+
+    def _finish(self, value: Any, error: CollabError | None) -> None:
+        if not self._done.is_set():  # the first answer is the answer
+            self._value, self._error = value, error
+            self._done.set()
+
+    async def result(self) -> Any:
+        """Wait for the answer; raise the :class:`CollabError` of a refusal."""
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+@dataclass(slots=True)
+class ServerCommand(Command):
+    """A command from back-end code in the server's process (``conn`` a
+    :class:`ServerCall`): handed to its component without membership or role checks."""
+
+
+@dataclass(slots=True)
+class YjsReadCmd(ServerCommand):
+    """Read the room's Yjs document: the answer is ``read(doc)`` (a ``pycrdt.Doc``),
+    computed in the Yjs component's task, in order with the updates before it."""
+
+    read: Callable[[Any], Any]
+
+    event: ClassVar[str] = "yjs-read"
+
+
+@dataclass(slots=True)
+class YjsResetCmd(ServerCommand):
+    """Replace (``update``) or delete (None) the room's Yjs document: a new Yjs epoch.
+    The answer is the new epoch."""
+
+    update: bytes | None
+
+    event: ClassVar[str] = "yjs-reset"

@@ -22,6 +22,11 @@ and chat tail; the room task alone changes membership and presence. Each change 
 made without an ``await`` inside it, so a join sees the document at some committed
 seq and receives every broadcast after it.
 
+Epoch: the document and its seq and history carry an epoch (the store creates it
+with the room). A ``replace`` starts a new timeline: its commit carries a new epoch,
+installed with the batch. A join whose ``since`` comes with another epoch gets the
+full state, never a replay from another timeline.
+
 Closing: :meth:`close` takes everything still pending (fields included) and commits
 it; the room calls it shielded, with a deadline, however the room ends.
 """
@@ -46,7 +51,7 @@ from ..storage.base import (
     UnstorableValue,
 )
 from ..storage.errors import storage_unavailable
-from .commands import ChatCmd, Command, FieldCmd, OpCmd
+from .commands import ChatCmd, Command, FieldCmd, Join, OpCmd
 from .debounce import FieldDebouncer
 from .document import Document
 from .peer import Peer
@@ -106,6 +111,7 @@ class DocumentKeeper:
         limit = self.config.history_limit
         self.doc = Document(snapshot.entities)
         self.seq = snapshot.seq
+        self.epoch = snapshot.epoch or ""  # a store always gives one once loaded
         self.history: deque[HistoryEntry] = deque(snapshot.history, maxlen=limit)
         self.operations: OrderedDict[str, OperationRecord] = OrderedDict(
             sorted(snapshot.operations.items(), key=lambda item: item[1].seq)
@@ -154,19 +160,24 @@ class DocumentKeeper:
         self._inbox.append(cmd)
         self._wakeup.unpark()
 
-    def join_reply(self, member: Member, since: int | None, reply: dict[str, Any]) -> None:
-        """The document's part of a join ack: seq, state or replay, chat.
+    def join_reply(self, member: Member, join: Join, reply: dict[str, Any]) -> None:
+        """The document's part of a join ack: seq, epoch, state or replay, chat.
 
-        With a ``since`` still covered by history, the missed events are sent first, as
-        ordinary events, and the ack carries no state (``recovered: true``).
+        With a ``since`` still covered by history (and, if the join names one, from
+        this epoch), the missed events are sent first, as ordinary events, and the ack
+        carries no state (``recovered: true``).
         """
         conn = member.conn
+        since = join.since
+        if join.epoch is not None and join.epoch != self.epoch:
+            since = None  # another timeline: its seqs mean nothing here
         missed = self.missed_since(since) if since is not None else None
         if missed is not None:
             # the events it missed, in order, as ordinary events before the ack
             for entry in missed:
                 conn.send(Outgoing.event(entry.event, entry.payload))
         reply["seq"] = self.seq
+        reply["epoch"] = self.epoch
         reply["state"] = None if missed is not None else self.doc.entities
         reply["chat"] = self.chat_tail()
         reply["recovered"] = missed is not None
@@ -332,6 +343,8 @@ class DocumentKeeper:
     def _install(self, batch: Batch) -> None:
         self.doc.apply(batch.overlay.writes, replace_all=batch.overlay.replace_all)
         self.seq = batch.seq
+        if batch.epoch is not None:
+            self.epoch = batch.epoch
         self.history.extend(batch.history)
         self.operations.update(batch.operations)
         # operation records live as long as their history entry

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import CollabError, ErrorCode
-from ..storage.base import ChatMessage, HistoryEntry, OperationRecord, RoomChanges
+from ..storage.base import ChatMessage, HistoryEntry, OperationRecord, RoomChanges, new_epoch
 from .commands import ChatCmd, FieldCmd, OpCmd
 from .debounce import FieldDebouncer, FieldWaiter, PendingField
 from .document import Document, Overlay, plan_field, plan_op, plan_replace
@@ -92,6 +92,7 @@ class Batch:
         self.deliveries: list[Callable[[], None]] = []
         self.failures: list[Callable[[CollabError], None]] = []
         self.late_answers: dict[str, list[tuple[Peer, int | None]]] = {}
+        self.epoch: str | None = None  # set by a replace: the document's new epoch
 
     def changes(self, history_limit: int) -> RoomChanges:
         """What storage must write for this batch (one :class:`RoomChanges`)."""
@@ -105,6 +106,7 @@ class Batch:
             history=self.history,
             operations=list(self.operations.values()),
             chat=self.chat,
+            epoch=self.epoch,
         )
 
     def plan_field_safely(self, entry: PendingField) -> None:
@@ -178,6 +180,9 @@ class Batch:
             "serverTimestamp": now_ms,
         }
         result = {"ok": True, "operationId": op_id, "seq": seq, "serverTimestamp": now_ms}
+        if msg.op == "replace":
+            # a new timeline: members learn its epoch from the op, the sender from its ack
+            self.epoch = payload["epoch"] = result["epoch"] = new_epoch()
         self._record("op", payload, OperationRecord(key, seq, result))
         ack_id = cmd.ack_id
 

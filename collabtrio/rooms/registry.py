@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
 
 from ..config import Config
 from ..storage.base import Store
 from ..storage.writer import CommitQueue
+from .commands import ServerCall, ServerCommand
+from .mailbox import MailboxClosed
 from .peer import Peer
 from .room import ComponentFactory, Room
 
@@ -81,6 +84,22 @@ class RoomRegistry:
             self.opened_total += 1
             self._nursery.start_soon(room.run, name=f"room:{room_id}")
         return room
+
+    async def call(self, room_id: str, make: Callable[[ServerCall], ServerCommand]) -> Any:
+        """Run a server-side command in room ``room_id`` (opening the room if it is
+        not open) and return its answer; raise the :class:`CollabError` it was refused
+        with. The command goes through the room's mailbox, in order with its members'
+        commands (waiting while the mailbox is full)."""
+        while True:
+            room = self.get_or_open(room_id)
+            caller = ServerCall()
+            try:
+                await room.mailbox.put(make(caller))
+            except MailboxClosed:
+                # the room closed between the lookup and the put: the next is fresh
+                await trio.lowlevel.checkpoint()
+                continue
+            return await caller.result()
 
     def forget(self, room: Room) -> None:
         """Called by a closing room: later joins open a fresh one."""

@@ -15,7 +15,9 @@ the first command is served): today the
 :class:`~collabtrio.rooms.keeper.DocumentKeeper` (the document, seq, history and chat,
 persisted before they are broadcast). Each owns its state. Commands are dispatched by
 type through one table: membership commands are the room task's own; a component's
-commands reach it after the room checked membership and the command's required role.
+commands reach it after the room checked membership and the command's required role
+(a :class:`~collabtrio.rooms.commands.ServerCommand`, from back-end code in this
+process, is handed over unchecked).
 
 Lifecycle: the registry creates the room and inserts it before its task starts, so
 concurrent joins find the same room. The room first starts its components, which
@@ -48,7 +50,7 @@ from ..protocol.outgoing import Outgoing
 from ..storage.base import StorageError, Store
 from ..storage.errors import storage_unavailable
 from ..storage.writer import CommitQueue
-from .commands import Command, Join, Leave, Relay, SetRole
+from .commands import Command, Join, Leave, Relay, ServerCommand, SetRole
 from .mailbox import Mailbox
 from .peer import Peer
 from .presence import Member, presence_payload
@@ -81,7 +83,7 @@ class RoomComponent(Protocol):
     def handle(self, cmd: Command) -> None:
         """Take a command from a member allowed to send it (room task)."""
 
-    def join_reply(self, member: Member, since: int | None, reply: dict[str, Any]) -> None:
+    def join_reply(self, member: Member, join: Join, reply: dict[str, Any]) -> None:
         """Add this component's part of a join ack (and send what the joiner missed)."""
 
     def on_leave(self, conn: Peer) -> None:
@@ -281,6 +283,9 @@ class Room:
 
     def _for_component(self, component: RoomComponent) -> Callable[[Command], None]:
         def handle(cmd: Command) -> None:
+            if isinstance(cmd, ServerCommand):
+                component.handle(cmd)
+                return
             conn = cmd.conn
             member = self.members.get(conn)
             if member is None:
@@ -324,7 +329,7 @@ class Room:
         self.last_activity = now
         reply: dict[str, Any] = {"ok": True, "room": self.id, "role": member.role}
         for component in self.components.values():
-            component.join_reply(member, cmd.since, reply)
+            component.join_reply(member, cmd, reply)
         reply["presence"] = self.presence()
         self._acked_version[conn] = self._version
         if cmd.ack_id is not None:

@@ -21,6 +21,7 @@ from .base import (
     OperationRecord,
     Role,
     RoomChanges,
+    RoomEpochs,
     RoomSnapshot,
     SeqConflict,
     StorageError,
@@ -29,6 +30,7 @@ from .base import (
     UnstorableValue,
     YjsChanges,
     YjsState,
+    new_epoch,
 )
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "OperationRecord",
     "Role",
     "RoomChanges",
+    "RoomEpochs",
     "RoomSnapshot",
     "SeqConflict",
     "StorageError",
@@ -47,6 +50,7 @@ __all__ = [
     "UnstorableValue",
     "YjsChanges",
     "YjsState",
+    "new_epoch",
     "open_store",
 ]
 

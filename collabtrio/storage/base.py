@@ -21,10 +21,20 @@ history.
 
 A room's document is ``{collection: {id: entity}}``; each entity is a row, so a change
 to one entity writes one row, never the whole document.
+
+Epochs: a room's document (with its seq and history) and its Yjs document each carry
+an *epoch*, a random id (:func:`new_epoch`) that names their timeline. A store creates
+and persists both the first time the room is loaded (:meth:`Store.load_room`,
+:meth:`Store.load_yjs` or :meth:`Store.load_epochs` on a room without them), so a
+restart gives the same epochs; a commit renews one only when it says so
+(``RoomChanges.epoch``, ``YjsChanges.epoch``), in the same transaction as the change
+that starts the new timeline. A backup carries its epochs, so restoring it brings
+them back with the data.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -70,6 +80,20 @@ class SeqConflict(StorageError):
         self.room = room
         self.expected = expected
         self.found = found
+
+
+def new_epoch() -> str:
+    """A fresh random epoch: 16 URL-safe characters (96 random bits)."""
+    return secrets.token_urlsafe(12)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomEpochs:
+    """A room's two epochs: ``doc`` (the JSON document, its seq and history) and
+    ``yjs`` (the Yjs document)."""
+
+    doc: str
+    yjs: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +157,8 @@ class RoomChanges:
     later write to the same key wins); the room's ``seq`` is set (the room row is
     created if missing); ``history``, ``operations`` and ``chat`` rows are inserted;
     then history rows with ``seq <= seq - history_limit`` and operation records with
-    such a seq are deleted.
+    such a seq are deleted. If ``epoch`` is set, the room's document epoch becomes it
+    (a ``replace`` starts a new timeline).
     """
 
     room: str
@@ -145,6 +170,7 @@ class RoomChanges:
     history: list[HistoryEntry] = field(default_factory=list)
     operations: list[OperationRecord] = field(default_factory=list)
     chat: list[ChatMessage] = field(default_factory=list)
+    epoch: str | None = None
 
 
 @dataclass(slots=True)
@@ -156,12 +182,18 @@ class YjsChanges:
     up to ``covers`` is deleted (a compaction: the snapshot is those entries merged);
     then ``updates``, ``(id, raw update)`` pairs with ids above ``covers``, are appended
     to the room's update log.
+
+    If ``epoch`` is set the changes are a reset (an admin replaced or deleted the
+    document): every log entry is deleted whatever its id, the stored snapshot becomes
+    ``snapshot`` (none if None) with ``covers``, and the room's Yjs epoch becomes
+    ``epoch``; ``updates`` are appended after that.
     """
 
     room: str
     updates: list[tuple[int, bytes]] = field(default_factory=list)
     snapshot: bytes | None = None
     covers: int = 0
+    epoch: str | None = None
 
 
 @dataclass(slots=True)
@@ -171,6 +203,8 @@ class YjsState:
     snapshot: bytes | None = None
     covers: int = 0
     log: list[tuple[int, bytes]] = field(default_factory=list)  # ascending id
+    epoch: str | None = None
+    """The room's Yjs epoch (a store always fills it in)."""
 
 
 Changes = RoomChanges | YjsChanges
@@ -186,6 +220,8 @@ class RoomSnapshot:
     history: list[HistoryEntry] = field(default_factory=list)  # ascending seq
     operations: dict[str, OperationRecord] = field(default_factory=dict)
     chat: list[ChatMessage] = field(default_factory=list)  # the newest, ascending seq
+    epoch: str | None = None
+    """The room's document epoch (a store always fills it in)."""
 
 
 class Store(Protocol):
@@ -202,11 +238,15 @@ class Store(Protocol):
     async def load_room(self, room: str, *, history_limit: int, chat_limit: int) -> RoomSnapshot:
         """The room's entities, seq, retained history (at most ``history_limit`` newest
         entries), the operation records of that window, and the newest ``chat_limit``
-        chat messages. An unknown room gives an empty snapshot at seq 0."""
+        chat messages, and its document epoch. An unknown room gives an empty snapshot at
+        seq 0; a room without epochs gets them (created and stored now)."""
 
     async def load_yjs(self, room: str) -> YjsState:
-        """The room's Yjs snapshot and the update log after it (empty for a room that
-        never used Yjs)."""
+        """The room's Yjs snapshot, the update log after it (empty for a room that never
+        used Yjs) and its Yjs epoch (created and stored now if the room has none)."""
+
+    async def load_epochs(self, room: str) -> RoomEpochs:
+        """The room's two epochs, created and stored now if it has none yet."""
 
     async def commit(self, changes: Sequence[Changes]) -> None:
         """Write every :class:`RoomChanges` and :class:`YjsChanges` in one transaction,

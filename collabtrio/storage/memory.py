@@ -34,12 +34,14 @@ from .base import (
     OperationRecord,
     Role,
     RoomChanges,
+    RoomEpochs,
     RoomSnapshot,
     SeqConflict,
     StorageError,
     StorageUnavailable,
     YjsChanges,
     YjsState,
+    new_epoch,
 )
 from .migrations import LATEST_VERSION, Encoded, check_role, encode, loads, seq_claims
 
@@ -58,12 +60,19 @@ class _Room:
     history: dict[int, tuple[str, str, float]] = field(default_factory=dict)
     operations: dict[str, tuple[int, str]] = field(default_factory=dict)
     chat: dict[int, ChatMessage] = field(default_factory=dict)
+    doc_epoch: str | None = None
+    yjs_epoch: str | None = None
 
     def copy(self) -> _Room:
         return _Room(
             self.seq, dict(self.entities), dict(self.history), dict(self.operations),
-            dict(self.chat),
+            dict(self.chat), self.doc_epoch, self.yjs_epoch,
         )
+
+
+def _new_room() -> _Room:
+    # like a SQL row, a room is born with its epochs
+    return _Room(doc_epoch=new_epoch(), yjs_epoch=new_epoch())
 
 
 @dataclass
@@ -118,14 +127,31 @@ class MemoryStore:
         self._check_open()
         return LATEST_VERSION
 
+    def _epochs(self, room: str) -> RoomEpochs:
+        """The room's epochs, stored now where it has none (like the SQL stores, a
+        loaded room has a row)."""
+        r = self._data.rooms.get(room)
+        if r is None:
+            r = self._data.rooms[room] = _new_room()
+        if r.doc_epoch is None:
+            r.doc_epoch = new_epoch()
+        if r.yjs_epoch is None:
+            r.yjs_epoch = new_epoch()
+        return RoomEpochs(r.doc_epoch, r.yjs_epoch)
+
+    async def load_epochs(self, room: str) -> RoomEpochs:
+        """See :meth:`Store.load_epochs`."""
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        return self._epochs(room)
+
     async def load_room(self, room: str, *, history_limit: int, chat_limit: int) -> RoomSnapshot:
         """See :meth:`Store.load_room`."""
         await trio.lowlevel.checkpoint()
         self._check_open()
-        r = self._data.rooms.get(room)
-        if r is None:
-            return RoomSnapshot()
-        snap = RoomSnapshot(seq=r.seq)
+        epoch = self._epochs(room).doc
+        r = self._data.rooms[room]
+        snap = RoomSnapshot(seq=r.seq, epoch=epoch)
         for (collection, eid), data in r.entities.items():
             snap.entities.setdefault(collection, {})[eid] = loads(data)
         seqs = sorted(r.history)[-history_limit:] if history_limit > 0 else []
@@ -144,10 +170,11 @@ class MemoryStore:
         """See :meth:`Store.load_yjs`."""
         await trio.lowlevel.checkpoint()
         self._check_open()
+        epoch = self._epochs(room).yjs
         y = self._data.yjs.get(room)
         if y is None:
-            return YjsState()
-        return YjsState(y.snapshot, y.covers, sorted(y.log.items()))
+            return YjsState(epoch=epoch)
+        return YjsState(y.snapshot, y.covers, sorted(y.log.items()), epoch)
 
     async def commit(self, all_changes: Sequence[Changes]) -> None:
         """See :meth:`Store.commit`; :class:`StorageUnavailable` (nothing written) for
@@ -174,7 +201,7 @@ class MemoryStore:
             r = staged.get(ch.room)
             if r is None:
                 old = self._data.rooms.get(ch.room)
-                r = staged[ch.room] = old.copy() if old is not None else _Room()
+                r = staged[ch.room] = old.copy() if old is not None else _new_room()
             _apply(r, ch, rows)
         staged_yjs: dict[str, _Yjs] = {}
         for y in yjs:
@@ -184,6 +211,15 @@ class MemoryStore:
                 doc = staged_yjs[y.room] = (
                     _Yjs(old_doc.snapshot, old_doc.covers, dict(old_doc.log))
                     if old_doc is not None else _Yjs())
+            if y.epoch is not None:  # a reset: a new timeline, nothing of the old one
+                doc.log = {}
+                # like the SQL stores: no snapshot row, no covers
+                doc.snapshot, doc.covers = y.snapshot, y.covers if y.snapshot is not None else 0
+                r = staged.get(y.room)
+                if r is None:
+                    old = self._data.rooms.get(y.room)
+                    r = staged[y.room] = old.copy() if old is not None else _new_room()
+                r.yjs_epoch = y.epoch
             if y.snapshot is not None:
                 doc.snapshot, doc.covers = y.snapshot, y.covers
                 doc.log = {k: v for k, v in doc.log.items() if k > y.covers}
@@ -242,6 +278,8 @@ def _apply(r: _Room, ch: RoomChanges, rows: Encoded) -> None:
     for collection, eid, data in rows.sets:
         r.entities[(collection, eid)] = data
     r.seq = ch.seq
+    if ch.epoch is not None:
+        r.doc_epoch = ch.epoch
     for seq, event, payload, created_at in rows.history:
         if seq in r.history:
             raise StorageUnavailable(

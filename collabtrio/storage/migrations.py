@@ -13,7 +13,11 @@ lists the same length so a version number means the same schema on every backend
 The tables (timestamps are float unix seconds, JSON columns are TEXT in SQLite and
 JSONB in PostgreSQL):
 
-- ``rooms(id, seq, created_at, updated_at)``: one row per room that ever committed.
+- ``rooms(id, seq, created_at, updated_at, doc_epoch, yjs_epoch)``: one row per room
+  that was ever loaded or committed. The epochs (version 4) name the timelines of the
+  room's document and of its Yjs document: every row gets both when it is created
+  (migration 4 gave the rows of older versions theirs); a room with no row yet gets one
+  with them when it is first loaded.
 - ``entities(room, collection, id, data)``: one row per document entity.
 - ``history(room, seq, event, payload, created_at)``: the replay window, trimmed to
   ``history_limit`` by every commit.
@@ -123,6 +127,17 @@ SQLITE_MIGRATIONS: list[str] = [
         PRIMARY KEY (room, id)
     ) WITHOUT ROWID;
     """,
+    # 4: the epochs of a room's document and Yjs document; rooms stored so far (Yjs-only
+    # rooms included, which had no row) get random ones now
+    """
+    ALTER TABLE rooms ADD COLUMN doc_epoch TEXT;
+    ALTER TABLE rooms ADD COLUMN yjs_epoch TEXT;
+    INSERT OR IGNORE INTO rooms (id, seq, created_at, updated_at)
+    SELECT room, 0, CAST(strftime('%s', 'now') AS REAL), CAST(strftime('%s', 'now') AS REAL)
+    FROM (SELECT room FROM yjs_snapshots UNION SELECT room FROM yjs_updates);
+    UPDATE rooms SET doc_epoch = lower(hex(randomblob(12))),
+                     yjs_epoch = lower(hex(randomblob(12)));
+    """,
 ]
 
 POSTGRES_MIGRATIONS: list[str] = [
@@ -208,6 +223,17 @@ POSTGRES_MIGRATIONS: list[str] = [
         data BYTEA NOT NULL,
         PRIMARY KEY (room, id)
     );
+    """,
+    # 4: the epochs of a room's document and Yjs document; rooms stored so far (Yjs-only
+    # rooms included, which had no row) get random ones now
+    """
+    ALTER TABLE rooms ADD COLUMN doc_epoch TEXT, ADD COLUMN yjs_epoch TEXT;
+    INSERT INTO rooms (id, seq, created_at, updated_at)
+    SELECT room, 0, extract(epoch FROM now()), extract(epoch FROM now())
+    FROM (SELECT room FROM yjs_snapshots UNION SELECT room FROM yjs_updates) AS y
+    ON CONFLICT (id) DO NOTHING;
+    UPDATE rooms SET doc_epoch = substr(md5(random()::text || id), 1, 24),
+                     yjs_epoch = substr(md5(random()::text || id || 'y'), 1, 24);
     """,
 ]
 

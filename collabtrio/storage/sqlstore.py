@@ -18,6 +18,10 @@ primary key, the second waiting for the first), then ``Queries.claim_room`` sets
 new seq where the stored one equals ``base_seq`` and NULL otherwise, which violates
 ``rooms.seq NOT NULL``. That error is mapped to :class:`SeqConflict` after the
 rollback, once a read has found which room had moved.
+
+Epochs live in the room's row. A load that finds none (a new room, or one from before
+schema version 4) creates them with :func:`ensure_epochs`, one upsert that keeps an
+epoch already there, so two first loads agree on the epochs the first one stored.
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ from .base import (
     OperationRecord,
     Role,
     RoomChanges,
+    RoomEpochs,
     RoomSnapshot,
     SeqConflict,
     YjsChanges,
     YjsState,
+    new_epoch,
 )
 from .migrations import check_role, encode, seq_claims
 
@@ -85,6 +91,14 @@ class Queries(NamedTuple):
     insert_yjs_update: str
     yjs_snapshot: str
     yjs_log: str
+    room_state: str
+    ensure_epochs: str
+    set_doc_epoch: str
+    set_yjs_epoch: str
+    yjs_epoch: str
+    room_epochs: str
+    delete_yjs_log: str
+    delete_yjs_snapshot: str
 
 
 _CHAT_COLUMNS = "seq, user_id, user_name, text, client_id, created_at"
@@ -92,9 +106,10 @@ _CHAT_COLUMNS = "seq, user_id, user_name, text, client_id, created_at"
 # written with "?" placeholders; ``Dialect`` swaps in the driver's (no statement
 # contains a literal "?")
 _QUERIES = Queries(
+    # a row is born with its epochs, so loading it never needs to write
     ensure_room=(
-        "INSERT INTO rooms (id, seq, created_at, updated_at) VALUES (?, 0, ?, ?) "
-        "ON CONFLICT (id) DO NOTHING"
+        "INSERT INTO rooms (id, seq, created_at, updated_at, doc_epoch, yjs_epoch) "
+        "VALUES (?, 0, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
     ),
     # a stale seq becomes NULL, which the NOT NULL constraint refuses: the check
     # raises inside SQL, before anything after it runs
@@ -152,6 +167,24 @@ _QUERIES = Queries(
     insert_yjs_update="INSERT INTO yjs_updates (room, id, data) VALUES (?, ?, ?)",
     yjs_snapshot="SELECT data, covers FROM yjs_snapshots WHERE room = ?",
     yjs_log="SELECT id, data FROM yjs_updates WHERE room = ? AND id > ? ORDER BY id",
+    room_state="SELECT seq, doc_epoch FROM rooms WHERE id = ?",
+    # an epoch already stored wins: a second first load gets the first one's epochs
+    ensure_epochs=(
+        "INSERT INTO rooms (id, seq, created_at, updated_at, doc_epoch, yjs_epoch) "
+        "VALUES (?, 0, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+        "doc_epoch = COALESCE(rooms.doc_epoch, excluded.doc_epoch), "
+        "yjs_epoch = COALESCE(rooms.yjs_epoch, excluded.yjs_epoch) "
+        "RETURNING doc_epoch, yjs_epoch"
+    ),
+    set_doc_epoch="UPDATE rooms SET doc_epoch = ? WHERE id = ?",
+    set_yjs_epoch=(
+        "INSERT INTO rooms (id, seq, created_at, updated_at, doc_epoch, yjs_epoch) "
+        "VALUES (?, 0, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET yjs_epoch = excluded.yjs_epoch"
+    ),
+    yjs_epoch="SELECT yjs_epoch FROM rooms WHERE id = ?",
+    room_epochs="SELECT doc_epoch, yjs_epoch FROM rooms WHERE id = ?",
+    delete_yjs_log="DELETE FROM yjs_updates WHERE room = ?",
+    delete_yjs_snapshot="DELETE FROM yjs_snapshots WHERE room = ?",
 )
 
 
@@ -208,9 +241,14 @@ def commit(d: Dialect[C], conn: C, all_changes: Sequence[Changes], now: float) -
     try:
         with d.write(conn) as cur:
             for room, base_seq, seq in claims:  # first, so a conflict stops all the rest
-                cur.execute(q.ensure_room, (room, now, now))
+                cur.execute(q.ensure_room, (room, now, now, new_epoch(), new_epoch()))
                 cur.execute(q.claim_room, (base_seq, seq, now, room))
             for y in yjs:
+                if y.epoch is not None:  # a reset: a new timeline, nothing of the old one
+                    cur.execute(q.delete_yjs_log, (y.room,))
+                    if y.snapshot is None:
+                        cur.execute(q.delete_yjs_snapshot, (y.room,))
+                    cur.execute(q.set_yjs_epoch, (y.room, now, now, new_epoch(), y.epoch))
                 if y.snapshot is not None:
                     cur.execute(q.upsert_yjs_snapshot, (y.room, y.snapshot, y.covers))
                     cur.execute(q.trim_yjs_updates, (y.room, y.covers))
@@ -219,6 +257,8 @@ def commit(d: Dialect[C], conn: C, all_changes: Sequence[Changes], now: float) -
                                     [(y.room, uid, data) for uid, data in y.updates])
             for ch, rows in zip(changes, encoded, strict=True):
                 room = ch.room
+                if ch.epoch is not None:  # the row exists: its seq was claimed above
+                    cur.execute(q.set_doc_epoch, (ch.epoch, room))
                 if ch.replace_all:
                     cur.execute(q.delete_room_entities, (room,))
                 elif rows.deletes:
@@ -267,15 +307,41 @@ def _find_conflict(
     return None
 
 
+def ensure_epochs(d: Dialect[C], conn: C, room: str, now: float) -> RoomEpochs:
+    """The room's epochs, stored now where it has none (one write transaction)."""
+    with d.write(conn) as cur:
+        row = cur.execute(d.q.ensure_epochs,
+                          (room, now, now, new_epoch(), new_epoch())).fetchone()
+    return RoomEpochs(str(row[0]), str(row[1]))
+
+
+def load_epochs(d: Dialect[C], conn: C, room: str, now: float) -> RoomEpochs:
+    """See :meth:`Store.load_epochs`: a read, and a write only for a room without."""
+    with d.read(conn) as cur:
+        row = cur.execute(d.q.room_epochs, (room,)).fetchone()
+    if row is not None and row[0] is not None and row[1] is not None:
+        return RoomEpochs(str(row[0]), str(row[1]))
+    return ensure_epochs(d, conn, room, now)
+
+
 def load_room(d: Dialect[C], conn: C, room: str, history_limit: int,
-              chat_limit: int) -> RoomSnapshot:
-    """See :meth:`Store.load_room`; one read transaction, so a consistent view."""
+              chat_limit: int, now: float) -> RoomSnapshot:
+    """See :meth:`Store.load_room`; one read transaction, so a consistent view (and a
+    write first for a room without epochs)."""
+    snap = _load_room(d, conn, room, history_limit, chat_limit)
+    if snap.epoch is None:
+        snap.epoch = ensure_epochs(d, conn, room, now).doc
+    return snap
+
+
+def _load_room(d: Dialect[C], conn: C, room: str, history_limit: int,
+               chat_limit: int) -> RoomSnapshot:
     q, value = d.q, d.json_value
     with d.read(conn) as cur:
-        row = cur.execute(q.room_seq, (room,)).fetchone()
+        row = cur.execute(q.room_state, (room,)).fetchone()
         if row is None:
             return RoomSnapshot()
-        snap = RoomSnapshot(seq=int(row[0]))
+        snap = RoomSnapshot(seq=int(row[0]), epoch=row[1])
         for collection, eid, data in cur.execute(q.entities, (room,)).fetchall():
             snap.entities.setdefault(collection, {})[eid] = value(data)
         history = cur.execute(q.history, (room, max(history_limit, 0))).fetchall()
@@ -292,14 +358,19 @@ def load_room(d: Dialect[C], conn: C, room: str, history_limit: int,
         return snap
 
 
-def load_yjs(d: Dialect[C], conn: C, room: str) -> YjsState:
-    """See :meth:`Store.load_yjs`; one read transaction, so a consistent view."""
+def load_yjs(d: Dialect[C], conn: C, room: str, now: float) -> YjsState:
+    """See :meth:`Store.load_yjs`; one read transaction, so a consistent view (and a
+    write first for a room without epochs)."""
     with d.read(conn) as cur:
         row = cur.execute(d.q.yjs_snapshot, (room,)).fetchone()
         state = YjsState() if row is None else YjsState(bytes(row[0]), int(row[1]))
         state.log = [(int(uid), bytes(data)) for uid, data in
                      cur.execute(d.q.yjs_log, (room, state.covers)).fetchall()]
-        return state
+        epoch = cur.execute(d.q.yjs_epoch, (room,)).fetchone()
+        state.epoch = epoch[0] if epoch is not None else None
+    if state.epoch is None:
+        state.epoch = ensure_epochs(d, conn, room, now).yjs
+    return state
 
 
 def chat_page(d: Dialect[C], conn: C, room: str, before: int | None,
@@ -345,13 +416,18 @@ class SQLStore(Generic[C]):
 
     async def load_room(self, room: str, *, history_limit: int, chat_limit: int) -> RoomSnapshot:
         """See :meth:`Store.load_room`; one read transaction, so a consistent view."""
-        d = self._dialect
-        return await self._run(lambda c: load_room(d, c, room, history_limit, chat_limit))
+        d, now = self._dialect, self._wall_clock()
+        return await self._run(lambda c: load_room(d, c, room, history_limit, chat_limit, now))
 
     async def load_yjs(self, room: str) -> YjsState:
         """See :meth:`Store.load_yjs`."""
-        d = self._dialect
-        return await self._run(lambda c: load_yjs(d, c, room))
+        d, now = self._dialect, self._wall_clock()
+        return await self._run(lambda c: load_yjs(d, c, room, now))
+
+    async def load_epochs(self, room: str) -> RoomEpochs:
+        """See :meth:`Store.load_epochs`."""
+        d, now = self._dialect, self._wall_clock()
+        return await self._run(lambda c: load_epochs(d, c, room, now))
 
     async def commit(self, changes: Sequence[Changes]) -> None:
         """See :meth:`Store.commit`: one transaction.

@@ -29,7 +29,7 @@ from collabtrio.testing import TestServer, open_test_server
 ROOM = "poison"
 
 BASE: dict[str, dict[str, Any]] = {
-    "join": {"room": ROOM, "since": 0},
+    "join": {"room": ROOM, "since": 0, "epoch": "e0"},
     "leave": {"room": ROOM},
     "op": {"room": ROOM, "operationId": "p-op", "op": "update", "collection": "c", "id": "e",
            "data": {"k": 1}, "timestamp": 1},
@@ -41,8 +41,8 @@ BASE: dict[str, dict[str, Any]] = {
     "broadcast": {"room": ROOM, "event": "e", "data": {"k": 1}},
     "chat": {"room": ROOM, "text": "hi", "clientId": "p-c"},
     "chat-history": {"room": ROOM, "before": 1, "limit": 10},
-    "yjs-update": {"room": ROOM},
-    "yjs-sync": {"room": ROOM},
+    "yjs-update": {"room": ROOM, "epoch": "e0"},
+    "yjs-sync": {"room": ROOM, "epoch": "e0"},
     "yjs-awareness": {"room": ROOM},
     "refresh-token": {"token": "x"},
 }

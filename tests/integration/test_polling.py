@@ -1443,7 +1443,8 @@ async def test_volatile_flood_does_not_disconnect_a_polling_member(
             assert cursors == sorted(cursors)
             assert cursors[-1] == 49
             await polling.post_ok("421" + JOIN_R)
-            [record] = await polling.poll()
+            # the join ack (full state) may come after a slow-consumer warning
+            [record] = [r for r in await polling.poll() if not r.startswith('42["warning"')]
             assert ack(record, 1)[0]["ok"] is True
 
 

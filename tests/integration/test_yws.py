@@ -25,10 +25,14 @@ def autojump_clock() -> trio.testing.MockClock:
 
 @asynccontextmanager
 async def yws(server: TestServer, room: str, token: str | None,
-              headers: list[tuple[bytes, bytes]] | None = None) -> AsyncIterator[Any]:
+              headers: list[tuple[bytes, bytes]] | None = None,
+              epoch: str | None = None) -> AsyncIterator[Any]:
     client_end, server_end = trio.testing.memory_stream_pair()
     server.server.connect_stream(server_end)
-    resource = f"/yjs/{room}" + (f"?token={token}" if token else "")
+    query = [f"token={token}"] if token else []
+    if epoch is not None:
+        query.append(f"epoch={epoch}")
+    resource = f"/yjs/{room}" + ("?" + "&".join(query) if query else "")
     try:
         async with trio.open_nursery() as nursery:
             ws = await wrap_client_stream(nursery, client_end, "localhost", resource,
@@ -182,3 +186,49 @@ async def test_the_connection_ends_with_its_token(autojump_clock: trio.testing.M
                 while True:
                     await receive(ws)
             assert closed.value.reason.code == 4401
+
+
+async def test_an_old_timeline_provider_is_closed_with_4409(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A provider that holds a document from before a replace (its ``?epoch=`` is the
+    old one) is closed with 4409 before any document data, so its document, merged into
+    the re-seeded one, cannot double the text; providers connected during the replace
+    are closed with 4409 too."""
+    async with open_test_server() as server, server.client("sio") as sio:
+        old_epoch = (await sio.join("doc"))["yjsEpoch"]
+        held, held_text = text_doc()
+        held_text += "hello"
+        assert (await sio.call("yjs-update", {"room": "doc", "update": held.get_update()}))["ok"]
+        reseed, reseed_text = text_doc()
+        reseed_text += await server.server.yjs_text("doc", "text")
+        merged, merged_text = text_doc()  # what the epoch prevents
+        merged.apply_update(reseed.get_update())
+        merged.apply_update(held.get_update())
+        assert str(merged_text) == "hellohello"
+        async with yws(server, "doc", server.token("early"), epoch=old_epoch) as early:
+            assert isinstance(await receive(early), yp.SyncStep1)  # the epoch matched
+            new_epoch = await server.server.replace_yjs("doc", reseed.get_update())
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await receive(early)
+            assert (closed.value.reason.code, closed.value.reason.reason) == (
+                4409, "epoch mismatch")
+        async with yws(server, "doc", server.token("late"), epoch=old_epoch) as late:
+            with pytest.raises(ConnectionClosed) as closed:
+                # the provider's first messages: its step 1, its whole (old) document
+                await late.send_message(yp.encode_message(yp.SyncStep1(held.get_state())))
+                await late.send_message(yp.encode_message(yp.SyncStep2(held.get_update())))
+                while True:
+                    msg = await receive(late)
+                    assert not isinstance(msg, yp.SyncStep1 | yp.SyncStep2)  # no data
+            assert closed.value.reason.code == 4409
+        assert await server.server.yjs_text("doc", "text") == "hello"
+        # with the new epoch (or none) a provider syncs as usual
+        async with yws(server, "doc", server.token("ok"), epoch=new_epoch) as ok:
+            assert isinstance(await receive(ok), yp.SyncStep1)
+        # a malformed epoch is refused at the handshake
+        with pytest.raises(ConnectionRejected) as rejected:
+            async with yws(server, "doc", server.token("bad"), epoch="not%20an%20epoch"):
+                pass
+        assert rejected.value.status_code == 400

@@ -22,6 +22,7 @@ from collabtrio.storage import (
     HistoryEntry,
     OperationRecord,
     RoomChanges,
+    RoomEpochs,
     SeqConflict,
     StorageError,
     StorageUnavailable,
@@ -643,7 +644,8 @@ async def test_yjs_log_and_compaction(store: Store) -> None:
     """Updates append to the room's log in the commit that carries them, beside other
     rooms' ordinary changes; a compaction replaces the entries it covers by a snapshot
     in the same transaction; loading gives the snapshot and the log after it."""
-    assert await store.load_yjs("y") == YjsState()
+    empty = await store.load_yjs("y")
+    assert empty == YjsState(epoch=empty.epoch)
     await store.commit([
         YjsChanges("y", [(1, b"\x01a"), (2, b"\x02b")]),
         RoomChanges("other", 1, LIMIT, base_seq=0, entities=[set_("c", "1", v=1)]),
@@ -671,3 +673,86 @@ async def test_yjs_changes_are_all_or_nothing_with_the_rest(store: Store) -> Non
 
 def changes_for(room: str, base_seq: int, seq: int) -> RoomChanges:
     return RoomChanges(room, seq, LIMIT, base_seq=base_seq, history=[hist(seq)])
+
+
+async def test_epochs_are_created_once_and_stable_across_reopen(store: Store) -> None:
+    """A room's first load creates and stores both epochs; every later load, through
+    any of the three calls and after a reopen, gives the same ones."""
+    snap = await load(store, "fresh")
+    assert (snap.seq, snap.entities) == (0, {})
+    assert isinstance(snap.epoch, str)
+    assert len(snap.epoch) >= 16
+    epochs = await store.load_epochs("fresh")
+    assert epochs == RoomEpochs(snap.epoch, epochs.yjs)
+    assert epochs.doc != epochs.yjs
+    assert (await store.load_yjs("fresh")).epoch == epochs.yjs
+    # a room that first appears through Yjs, or through a commit, gets them too
+    assert (await store.load_yjs("yjs-first")).epoch is not None
+    await store.commit([changes_for("committed-first", 0, 1)])
+    committed = await store.load_epochs("committed-first")
+    await store.close()
+    again = await open_store(store.url)
+    try:
+        assert await again.load_epochs("fresh") == epochs
+        assert (await load(again, "fresh")).epoch == epochs.doc
+        assert (await again.load_yjs("fresh")).epoch == epochs.yjs
+        assert await again.load_epochs("committed-first") == committed
+        assert (await load(again, "committed-first")).seq == 1
+    finally:
+        await again.close()
+
+
+async def test_two_first_loads_agree_on_the_epochs(store: Store) -> None:
+    results: list[RoomEpochs] = []
+
+    async def first_load() -> None:
+        results.append(await store.load_epochs("race"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(first_load)
+    assert len(set(results)) == 1
+
+
+async def test_a_commit_renews_the_document_epoch_only_when_asked(store: Store) -> None:
+    before = await store.load_epochs("r")
+    await store.commit([changes_for("r", 0, 1)])
+    assert await store.load_epochs("r") == before
+    await store.commit([RoomChanges("r", 2, LIMIT, base_seq=1, replace_all=True,
+                                    entities=[set_("c", "1", v=1)], history=[hist(2)],
+                                    epoch="renewed-doc-epoch")])
+    snap = await load(store, "r")
+    assert (snap.seq, snap.epoch) == (2, "renewed-doc-epoch")
+    assert await store.load_epochs("r") == RoomEpochs("renewed-doc-epoch", before.yjs)
+    # a failed commit renews nothing
+    with pytest.raises(SeqConflict):
+        await store.commit([RoomChanges("r", 2, LIMIT, base_seq=0, epoch="lost")])
+    assert (await load(store, "r")).epoch == "renewed-doc-epoch"
+
+
+async def test_a_yjs_reset_clears_the_log_and_renews_the_yjs_epoch(store: Store) -> None:
+    before = await store.load_epochs("y")
+    await store.commit([YjsChanges("y", [(1, b"a"), (2, b"b")])])
+    await store.commit([YjsChanges("y", [(3, b"c")], snapshot=b"ab", covers=2)])
+    assert (await store.load_yjs("y")).epoch == before.yjs  # compaction keeps the epoch
+    await store.commit([YjsChanges("y", snapshot=b"reseeded", covers=3, epoch="new-yjs")])
+    state = await store.load_yjs("y")
+    assert (state.snapshot, state.covers, state.log, state.epoch) == (
+        b"reseeded", 3, [], "new-yjs")
+    assert await store.load_epochs("y") == RoomEpochs(before.doc, "new-yjs")
+    await store.commit([YjsChanges("y", [(4, b"d")])])
+    # a delete: no snapshot at all, the log after it kept
+    await store.commit([YjsChanges("y", covers=4, epoch="deleted", updates=[(5, b"e")])])
+    state = await store.load_yjs("y")
+    assert (state.snapshot, state.covers, state.log, state.epoch) == (
+        None, 0, [(5, b"e")], "deleted")
+    # a room whose first change is a reset
+    await store.commit([YjsChanges("new", snapshot=b"s", covers=0, epoch="e1")])
+    assert (await store.load_yjs("new")).epoch == "e1"
+    assert (await load(store, "new")).seq == 0
+    # all or nothing with the rest of the commit
+    await store.commit([changes_for("r", 0, 1)])
+    with pytest.raises(SeqConflict):
+        await store.commit([YjsChanges("y", snapshot=b"x", epoch="never"),
+                            changes_for("r", 0, 1)])
+    assert (await store.load_yjs("y")).epoch == "deleted"

@@ -88,7 +88,10 @@ async def test_a_room_with_no_row_is_at_seq_0(store: Store) -> None:
     with pytest.raises(SeqConflict) as info:
         await store.commit([changes("ghost", 4, 5)])
     assert (info.value.room, info.value.expected, info.value.found) == ("ghost", 4, 0)
-    assert await load(store, "ghost") == await load(store, "never-written")
+    ghost, never = await load(store, "ghost"), await load(store, "never-written")
+    assert ghost.seq == never.seq == 0
+    assert ghost.entities == never.entities == {}
+    assert ghost.history == never.history == []
     await store.commit([changes("ghost", 0, 1)])
     assert (await load(store, "ghost")).seq == 1
 
