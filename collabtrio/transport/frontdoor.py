@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -168,21 +169,46 @@ def _request_of(event: h11.Request, remote: str) -> HttpRequest:
     """The request as routes see it; ``ValueError`` for a target ``urlsplit`` refuses
     (``//[``: a bad IPv6 host)."""
     target = event.target.decode("latin-1")
-    parts = urlsplit(target)
+    if target[:1] == "/" and target[1:2] != "/" and "#" not in target:
+        # the origin form every client sends: no scheme, host or fragment to split off
+        # (h11 already refused whitespace and control characters in a target); "//"
+        # is left to urlsplit, which reads a host there
+        path, _, query = target.partition("?")
+    else:
+        parts = urlsplit(target)
+        path, query = parts.path, parts.query
     headers: dict[str, str] = {}
     for name, value in event.headers:
-        key = name.decode("latin-1").lower()
+        key = name.decode("latin-1")  # h11 gives names lower-cased
         val = value.decode("latin-1")
         headers[key] = f"{headers[key]}, {val}" if key in headers else val
     return HttpRequest(
         method=event.method.decode("ascii"),
         target=target,
-        path=parts.path,
-        query=parse_qs(parts.query, keep_blank_values=True),
+        path=path,
+        query=parse_query(query),
         headers=headers,
         remote=remote,
         http_version=event.http_version.decode("ascii"),
     )
+
+
+def parse_query(query: str) -> dict[str, list[str]]:
+    """``query`` as ``parse_qs(query, keep_blank_values=True)`` reads it, without its
+    cost for the plain ``name=value`` pairs every poll carries."""
+    if "%" in query or "+" in query or ";" in query:
+        return parse_qs(query, keep_blank_values=True)
+    out: dict[str, list[str]] = {}
+    for field in query.split("&"):
+        if not field:
+            continue
+        name, _, value = field.partition("=")
+        found = out.get(name)
+        if found is None:
+            out[name] = [value]
+        else:
+            found.append(value)
+    return out
 
 
 async def _next_event(
@@ -233,40 +259,74 @@ async def _read_body(stream: trio.abc.Stream, conn: h11.Connection, max_bytes: i
             raise _BodyRefused(400, b"incomplete request body\n")
 
 
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+
+
 def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
+    return _REASONS.get(status, "")
 
 
-def _encode_raw(resp: HttpResponse) -> bytes:
-    head = [f"HTTP/1.1 {resp.status} {_reason(resp.status)}", f"content-type: {resp.content_type}",
-            f"content-length: {len(resp.body)}", "connection: close",
-            *(f"{name}: {value}" for name, value in resp.headers)]
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body
+def encode_response(resp: HttpResponse, *, close: bool, head: bool = False) -> bytes:
+    """``resp`` as HTTP/1.1 bytes, with ``connection: close`` if ``close``; for a
+    ``HEAD`` (``head``), the headers only. Written by hand rather than by h11: a long
+    poll's answer is the hot path, and every header here is the server's own (a value
+    copied from a request, such as an allowed ``Origin``, passed h11's checks then;
+    a line break in one is still refused, with ``ValueError``)."""
+    lines = [f"HTTP/1.1 {resp.status} {_reason(resp.status)}",
+             f"content-type: {resp.content_type}", f"content-length: {len(resp.body)}"]
+    if close:
+        lines.append("connection: close")
+    for name, value in resp.headers:
+        line = f"{name}: {value}"
+        if "\r" in line or "\n" in line:
+            raise ValueError(f"a line break in the response header {name!r}")
+        lines.append(line)
+    lines.append("\r\n")
+    out = "\r\n".join(lines).encode("latin-1")
+    return out if head else out + resp.body
+
+
+def _keep_alive(request: HttpRequest) -> bool:
+    # h11's rule: HTTP/1.1 or later, and no "close" among the Connection tokens
+    if request.http_version < "1.1":
+        return False
+    connection = request.headers.get("connection")
+    return connection is None or "close" not in (
+        token.strip().lower() for token in connection.split(","))
+
+
+async def write_all(stream: trio.abc.SendStream, data: bytes | bytearray | memoryview) -> None:
+    """``stream.send_all(data)``, except that on a socket the first attempt is a plain
+    non-blocking write from this task: an answer that fits the socket's buffer (a poll's
+    answer does) then costs no pass through the scheduler. Whatever does not fit is
+    sent with ``send_all``. Only for a stream that this task alone writes to."""
+    if isinstance(stream, trio.SocketStream) and data:
+        fd = stream.socket.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the socket was closed")
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # EPIPE, ECONNRESET: the peer is gone
+            raise trio.BrokenResourceError(f"the peer closed the connection: {exc}") from exc
+        if sent == len(data):
+            return
+        data = memoryview(data)[sent:]
+    await stream.send_all(data)
 
 
 async def send_response(
     stream: trio.abc.Stream, resp: HttpResponse, conn: h11.Connection | None = None,
     *, close: bool = False, head: bool = False,
 ) -> None:
-    """Write ``resp``: within ``conn``'s request cycle (keep-alive unless ``close`` or the
-    client asked to close), or, without a usable ``conn``, as a last answer before the
-    connection closes. ``head``: the answer to a ``HEAD`` (headers only)."""
+    """Write ``resp``: the answer to ``conn``'s current request (keep-alive unless
+    ``close``), or, without ``conn`` or once it cannot answer (a malformed request), as
+    a last answer before the connection closes. ``head``: the answer to a ``HEAD``
+    (headers only)."""
     if conn is None or conn.our_state is not h11.SEND_RESPONSE:
-        await stream.send_all(_encode_raw(resp))
-        return
-    headers = [("content-type", resp.content_type), ("content-length", str(len(resp.body))),
-               *resp.headers]
-    if close:
-        headers.append(("connection", "close"))
-    out = conn.send(h11.Response(status_code=resp.status, headers=headers,
-                                 reason=_reason(resp.status))) or b""
-    if not head:
-        out += conn.send(h11.Data(data=resp.body)) or b""
-    out += conn.send(h11.EndOfMessage()) or b""
-    await stream.send_all(out)
+        close, head = True, False
+    await write_all(stream, encode_response(resp, close=close, head=head))
 
 
 async def send_error(stream: trio.abc.Stream, status: int, message: str,
@@ -384,8 +444,22 @@ async def _serve_http(
             return handler, request, _head_bytes(event) + conn.trailing_data[0]
         if not await _serve_request(counted, conn, router, request, max_body_bytes):
             return None
-        conn.start_next_cycle()
+        conn = _next_cycle(conn)
         first_request = False
+
+
+def _next_cycle(conn: h11.Connection) -> h11.Connection:
+    """A parser for the next request on a keep-alive connection, holding what ``conn``
+    read past the answered one. A fresh ``h11.Connection`` rather than
+    ``start_next_cycle``: the answers are written by :func:`encode_response`, so h11's
+    state of ``conn`` never reached the end of the response."""
+    data, closed = conn.trailing_data
+    fresh = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+    if data:
+        fresh.receive_data(bytes(data))
+    if closed:
+        fresh.receive_data(b"")
+    return fresh
 
 
 class _CountingStream(trio.abc.Stream):
@@ -402,8 +476,8 @@ class _CountingStream(trio.abc.Stream):
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Write to the stream."""
-        await self.stream.send_all(data)
+        """Write to the stream (:func:`write_all`: the front door is its only writer)."""
+        await write_all(self.stream, data)
 
     async def wait_send_all_might_not_block(self) -> None:
         """As the stream's."""
@@ -450,8 +524,9 @@ async def _serve_request(stream: trio.abc.Stream, conn: h11.Connection, router: 
             stream, conn, answer)
     if response is None:
         return False  # the client went away while its request was held
-    await send_response(stream, response, conn, head=head)
-    return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+    keep = _keep_alive(request)
+    await send_response(stream, response, conn, close=not keep, head=head)
+    return keep
 
 
 async def _hold(stream: trio.abc.Stream, conn: h11.Connection, hold: Hold) -> HttpResponse | None:
