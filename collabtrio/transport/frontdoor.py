@@ -1,8 +1,15 @@
 """The front door: one TCP port, HTTP/1.1 with keep-alive, a router, WebSocket upgrades.
 
 Theory of operation: each accepted stream is served by :func:`serve_stream`, which
-reads requests with h11 one after the other on the same connection (keep-alive, which
+reads requests one after the other on the same connection (keep-alive, which
 long-polling clients rely on), answering each in order before reading the next. The
+connection's bytes are kept in one buffer: a request head is cut from it at its blank
+line and parsed by httptools (llhttp, in C: about 2 µs a head where h11 took 22, and
+a long poll is a request per delivery); a ``Content-Length`` body is cut from it by
+length, a chunked one fed to the parser up to each blank line, so nothing past the
+request is consumed and pipelined requests wait their turn. Answers are encoded here
+and written with one non-blocking write when the socket takes them (:func:`write_all`).
+The
 :class:`Router` maps a path to an HTTP handler (request in, :class:`HttpResponse`
 out, or a :class:`Hold`: a long poll, written once it is ready) or to a WebSocket
 handler. A WebSocket upgrade ends the HTTP part of the connection: the handler gets
@@ -34,7 +41,7 @@ from http import HTTPStatus
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
-import h11
+import httptools
 import trio
 
 log = logging.getLogger(__name__)
@@ -165,32 +172,101 @@ def remote_of(stream: trio.abc.Stream) -> str:
     return "memory"
 
 
-def _request_of(event: h11.Request, remote: str) -> HttpRequest:
-    """The request as routes see it; ``ValueError`` for a target ``urlsplit`` refuses
-    (``//[``: a bad IPv6 host)."""
-    target = event.target.decode("latin-1")
-    if target[:1] == "/" and target[1:2] != "/" and "#" not in target:
-        # the origin form every client sends: no scheme, host or fragment to split off
-        # (h11 already refused whitespace and control characters in a target); "//"
-        # is left to urlsplit, which reads a host there
-        path, _, query = target.partition("?")
-    else:
-        parts = urlsplit(target)
-        path, query = parts.path, parts.query
+class _Parsed:
+    """What httptools reports of one request (the target of its callbacks)."""
+
+    __slots__ = ("body", "complete", "headers", "headers_done", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_done = False
+        self.body = bytearray()
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class _BadRequest(Exception):
+    """The request cannot be served: answer ``status`` and close."""
+
+    def __init__(self, status: int, message: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.message = message
+
+
+def _head_end(buf: bytearray, start: int = 0) -> int:
+    """The length of the request head at the start of ``buf`` (its blank line
+    included), or -1 while it is incomplete; ``start``: where the blank line may begin
+    at the earliest (what was searched before, less the 3 bytes a line end may span)."""
+    crlf = buf.find(b"\r\n\r\n", start)
+    lf = buf.find(b"\n\n", start)  # bare line ends: llhttp refuses them, with a 400
+    if lf >= 0 and (crlf < 0 or lf < crlf):
+        return lf + 2
+    return crlf + 4 if crlf >= 0 else -1
+
+
+def _parse_head(head: bytes,
+                remote: str) -> tuple[HttpRequest, _Parsed, httptools.HttpRequestParser]:
+    """The request whose head is ``head``, with its parser (which reads a chunked body);
+    :class:`_BadRequest` if it is malformed."""
+    parsed = _Parsed()
+    parser = httptools.HttpRequestParser(parsed)
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass  # an upgrade (or CONNECT): the head is complete; the caller decides
+    except httptools.HttpParserError:
+        raise _BadRequest(400, b"bad request\n") from None
+    if not parsed.headers_done:
+        raise _BadRequest(400, b"bad request\n")
+    target = parsed.url.decode("latin-1")
+    try:
+        if target[:1] == "/" and target[1:2] != "/" and "#" not in target:
+            # the origin form every client sends: no scheme, host or fragment to split
+            # off (llhttp refused whitespace and control characters in a target); "//"
+            # is left to urlsplit, which reads a host there
+            path, _, query = target.partition("?")
+        else:
+            parts = urlsplit(target)
+            path, query = parts.path, parts.query
+    except ValueError:  # urlsplit: "//[", a bad IPv6 host
+        raise _BadRequest(400, b"bad request target\n") from None
     headers: dict[str, str] = {}
-    for name, value in event.headers:
-        key = name.decode("latin-1")  # h11 gives names lower-cased
-        val = value.decode("latin-1")
+    for name, value in parsed.headers:
+        key = name.decode("latin-1").lower()
+        val = value.decode("latin-1").strip(" \t")
         headers[key] = f"{headers[key]}, {val}" if key in headers else val
-    return HttpRequest(
-        method=event.method.decode("ascii"),
+    version = parser.get_http_version()
+    if version not in ("1.0", "1.1"):
+        # llhttp reads a request line without a version as HTTP/0.9
+        raise _BadRequest(400, b"HTTP/1.0 or HTTP/1.1 only\n")
+    if version == "1.1" and "host" not in headers:
+        raise _BadRequest(400, b"missing Host header\n")  # RFC 9112 section 3.2
+    request = HttpRequest(
+        method=parser.get_method().decode("ascii"),
         target=target,
         path=path,
         query=parse_query(query),
         headers=headers,
         remote=remote,
-        http_version=event.http_version.decode("ascii"),
+        http_version=version,
     )
+    return request, parsed, parser
 
 
 def parse_query(query: str) -> dict[str, list[str]]:
@@ -211,54 +287,6 @@ def parse_query(query: str) -> dict[str, list[str]]:
     return out
 
 
-async def _next_event(
-    stream: trio.abc.Stream, conn: h11.Connection
-) -> h11.Event | type[h11.PAUSED]:
-    """The next h11 event, reading from ``stream`` as needed (EOF: ConnectionClosed)."""
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event  # type: ignore[return-value]
-        data = await stream.receive_some(65536)
-        conn.receive_data(bytes(data))
-
-
-def _head_bytes(event: h11.Request) -> bytes:
-    """The request head again, for the WebSocket layer (wsproto parses it itself)."""
-    lines = [event.method + b" " + event.target + b" HTTP/" + event.http_version]
-    lines.extend(name + b": " + value for name, value in event.headers)
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-class _BodyRefused(Exception):
-    """The request body cannot be served: answer ``status`` and close."""
-
-    def __init__(self, status: int, message: bytes) -> None:
-        super().__init__(status)
-        self.status = status
-        self.message = message
-
-
-async def _read_body(stream: trio.abc.Stream, conn: h11.Connection, max_bytes: int) -> bytes:
-    """The request body; :class:`_BodyRefused` if it is larger than ``max_bytes`` or the
-    client ends the connection before it does."""
-    body = bytearray()
-    while True:
-        try:
-            event = await _next_event(stream, conn)
-        except h11.RemoteProtocolError:
-            # a malformed chunk, or the client gone before the end of the body: its fault
-            raise _BodyRefused(400, b"malformed or incomplete request body\n") from None
-        if isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > max_bytes:
-                raise _BodyRefused(413, b"request body too large\n")
-        elif isinstance(event, h11.EndOfMessage):
-            return bytes(body)
-        else:
-            raise _BodyRefused(400, b"incomplete request body\n")
-
-
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
@@ -268,10 +296,9 @@ def _reason(status: int) -> str:
 
 def encode_response(resp: HttpResponse, *, close: bool, head: bool = False) -> bytes:
     """``resp`` as HTTP/1.1 bytes, with ``connection: close`` if ``close``; for a
-    ``HEAD`` (``head``), the headers only. Written by hand rather than by h11: a long
-    poll's answer is the hot path, and every header here is the server's own (a value
-    copied from a request, such as an allowed ``Origin``, passed h11's checks then;
-    a line break in one is still refused, with ``ValueError``)."""
+    ``HEAD`` (``head``), the headers only. Every header here is the server's own (a
+    value copied from a request, such as an allowed ``Origin``, passed the parser's
+    checks then; a line break in one is still refused, with ``ValueError``)."""
     lines = [f"HTTP/1.1 {resp.status} {_reason(resp.status)}",
              f"content-type: {resp.content_type}", f"content-length: {len(resp.body)}"]
     if close:
@@ -287,7 +314,8 @@ def encode_response(resp: HttpResponse, *, close: bool, head: bool = False) -> b
 
 
 def _keep_alive(request: HttpRequest) -> bool:
-    # h11's rule: HTTP/1.1 or later, and no "close" among the Connection tokens
+    # HTTP/1.1 or later, and no "close" among the Connection tokens (an HTTP/1.0
+    # client is answered without keep-alive, even if it asks for it)
     if request.http_version < "1.1":
         return False
     connection = request.headers.get("connection")
@@ -316,16 +344,11 @@ async def write_all(stream: trio.abc.SendStream, data: bytes | bytearray | memor
     await stream.send_all(data)
 
 
-async def send_response(
-    stream: trio.abc.Stream, resp: HttpResponse, conn: h11.Connection | None = None,
-    *, close: bool = False, head: bool = False,
-) -> None:
-    """Write ``resp``: the answer to ``conn``'s current request (keep-alive unless
-    ``close``), or, without ``conn`` or once it cannot answer (a malformed request), as
-    a last answer before the connection closes. ``head``: the answer to a ``HEAD``
-    (headers only)."""
-    if conn is None or conn.our_state is not h11.SEND_RESPONSE:
-        close, head = True, False
+async def send_response(stream: trio.abc.Stream, resp: HttpResponse, *, close: bool = True,
+                        head: bool = False) -> None:
+    """Write ``resp``, the answer to the current request: the last one on the
+    connection unless ``close`` is False (keep-alive). ``head``: the answer to a
+    ``HEAD`` (headers only)."""
     await write_all(stream, encode_response(resp, close=close, head=head))
 
 
@@ -353,6 +376,52 @@ def abort_stream(stream: trio.abc.Stream) -> None:
             pass  # already closed by the peer: nothing left to abort
 
 
+MAX_HELD_BYTES = 64 * 1024
+"""What a client may send on a connection while its request is held (a pipelined next
+request); past it the connection is closed."""
+
+
+async def _read_body(stream: trio.abc.Stream, buf: bytearray, request: HttpRequest,
+                     parsed: _Parsed, parser: httptools.HttpRequestParser,
+                     limit: int) -> bytes:
+    """The request body, taken from ``buf`` and then the stream; :class:`_BadRequest`
+    if it is larger than ``limit`` (413) or the client ends the connection first (400).
+    Nothing past the body is taken from ``buf``: it is the next request."""
+    if "transfer-encoding" not in request.headers:
+        declared = request.headers.get("content-length", "0")
+        length = int(declared) if declared.isdigit() else 0  # llhttp checked the value
+        if length > limit:
+            raise _BadRequest(413, b"request body too large\n")
+        while len(buf) < length:
+            data = await stream.receive_some(65536)
+            if not data:
+                raise _BadRequest(400, b"incomplete request body\n")
+            buf += data
+        body = bytes(buf[:length])
+        del buf[:length]
+        return body
+    # chunked: the parser reads the framing. A chunked message ends with a blank line,
+    # so it is fed up to each one in turn (never past the end of the message), and the
+    # last 3 bytes are kept back while none is in sight
+    while not parsed.complete:
+        end = _head_end(buf)
+        take = end if end >= 0 else max(len(buf) - 3, 0)
+        if take:
+            try:
+                parser.feed_data(bytes(buf[:take]))
+            except httptools.HttpParserError:
+                raise _BadRequest(400, b"malformed request body\n") from None
+            del buf[:take]
+            if len(parsed.body) > limit:
+                raise _BadRequest(413, b"request body too large\n")
+            continue
+        data = await stream.receive_some(65536)
+        if not data:
+            raise _BadRequest(400, b"incomplete request body\n")
+        buf += data
+    return bytes(parsed.body)
+
+
 async def serve_stream(
     stream: trio.abc.Stream, router: Router, *, max_body_bytes: int, keep_alive_s: float = 5.0,
     remote: str | None = None,
@@ -369,8 +438,8 @@ async def serve_stream(
         upgrade = await _serve_http(stream, router, max_body_bytes, keep_alive_s,
                                     remote or remote_of(stream))
         if upgrade is not None:
-            # the HTTP parser and its events are gone with _serve_http's frame: a
-            # session that lasts as long as its client keeps nothing of them
+            # the request buffer is gone with _serve_http's frame: a session that lasts
+            # as long as its client keeps nothing of it
             handler, request, raw = upgrade
             del upgrade
             await handler(stream, request, raw)
@@ -383,135 +452,96 @@ async def serve_stream(
             await stream.aclose()
 
 
+async def _read_head(stream: trio.abc.Stream, buf: bytearray, idle_s: float | None) -> int:
+    """Read until ``buf`` starts with a whole request head; its length, or 0 if the
+    client closed the connection (or stayed idle ``idle_s``) before starting one.
+    Raises :class:`_BadRequest` (431) past :data:`MAX_HEAD_BYTES`, TooSlowError past
+    :data:`HEAD_TIMEOUT_S`."""
+    end = _head_end(buf)
+    if end >= 0:
+        return end
+    if idle_s is not None and not buf:
+        # between two requests: wait for the next one to start
+        data: bytes | bytearray = b""
+        with trio.move_on_after(idle_s):
+            data = await stream.receive_some(65536)
+        if not data:
+            return 0
+        buf += data
+        end = _head_end(buf)
+    with trio.fail_after(HEAD_TIMEOUT_S):
+        while end < 0:
+            if len(buf) > MAX_HEAD_BYTES:
+                raise _BadRequest(431, b"request head too large\n")
+            searched = max(len(buf) - 3, 0)
+            data = await stream.receive_some(65536)
+            if not data:
+                return 0
+            buf += data
+            end = _head_end(buf, searched)
+    return end
+
+
 async def _serve_http(
     stream: trio.abc.Stream, router: Router, max_body_bytes: int, keep_alive_s: float,
     remote: str,
 ) -> tuple[WebSocketHandler, HttpRequest, bytes] | None:
     """Answer requests until the connection is done, or return a WebSocket upgrade
     (its handler, request and raw bytes) to hand the stream to."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-    counted = _CountingStream(stream)
-    first_request = True
+    buf = bytearray()  # what was read and not consumed yet: the next request(s)
+    idle_s: float | None = None  # the first request has no idle wait, only the head's
     while True:
         try:
-            # bytes of this request already read: what h11 holds unparsed
-            start = counted.received - len(conn.trailing_data[0])
-            if not first_request and not conn.trailing_data[0]:
-                # idle between requests: wait for the next one to start
-                data: bytes | bytearray = b""
-                with trio.move_on_after(keep_alive_s):
-                    data = await counted.receive_some(65536)
-                if not data:
-                    return None  # idle too long, or closed by the peer
-                conn.receive_data(bytes(data))
-            event = conn.next_event()  # a head already read needs no deadline
-            if event is h11.NEED_DATA:
-                with trio.fail_after(HEAD_TIMEOUT_S):
-                    event = await _next_event(counted, conn)
-            if isinstance(event, h11.Request):
-                # h11 bounds only a head still incomplete; one that came whole in a
-                # single read is measured here, as sent (whitespace h11 drops included)
-                consumed = counted.received - len(conn.trailing_data[0]) - start
-                if consumed > MAX_HEAD_BYTES:
-                    raise h11.RemoteProtocolError("request head too large", 431)
-        except h11.RemoteProtocolError as exc:
-            # h11 knows which status fits (400, 413, 431)
-            await send_response(counted, HttpResponse(exc.error_status_hint or 400,
-                                                     b"bad request\n"))
-            return None
-        if not isinstance(event, h11.Request):
-            return None  # closed by the peer
-        try:
-            request = _request_of(event, remote)
-        except ValueError:
-            await send_response(counted, HttpResponse(400, b"bad request target\n"), conn,
-                                close=True, head=event.method == b"HEAD")
+            end = await _read_head(stream, buf, idle_s)
+            if not end:
+                return None  # closed by the peer, or idle too long
+            if end > MAX_HEAD_BYTES:
+                raise _BadRequest(431, b"request head too large\n")
+            head = bytes(buf[:end])
+            del buf[:end]
+            request, parsed, parser = _parse_head(head, remote)
+        except _BadRequest as bad:
+            await send_response(stream, HttpResponse(bad.status, bad.message))
             return None
         if request.method == "CONNECT":
-            # no route tunnels, and h11 would switch protocols on a 2xx answer
-            await send_response(counted, HttpResponse(405, b"method not allowed\n"), conn,
-                                close=True)
+            # no route tunnels
+            await send_response(stream, HttpResponse(405, b"method not allowed\n"))
             return None
         if request.is_websocket_upgrade:
             handler = router.find_websocket(request.path)
             if handler is None:
-                await send_error(counted, 404, "not found")
+                await send_error(stream, 404, "not found")
                 return None
-            if event.http_version < b"1.1":
+            if request.http_version < "1.1":
                 # RFC 6455 section 4.1: the opening handshake is HTTP/1.1 or later
-                await send_error(counted, 400, "a WebSocket upgrade needs HTTP/1.1")
+                await send_error(stream, 400, "a WebSocket upgrade needs HTTP/1.1")
                 return None
-            return handler, request, _head_bytes(event) + conn.trailing_data[0]
-        if not await _serve_request(counted, conn, router, request, max_body_bytes):
+            return handler, request, head + bytes(buf)
+        if not await _serve_request(stream, buf, router, request, parsed, parser,
+                                    max_body_bytes):
             return None
-        conn = _next_cycle(conn)
-        first_request = False
+        idle_s = keep_alive_s
 
 
-def _next_cycle(conn: h11.Connection) -> h11.Connection:
-    """A parser for the next request on a keep-alive connection, holding what ``conn``
-    read past the answered one. A fresh ``h11.Connection`` rather than
-    ``start_next_cycle``: the answers are written by :func:`encode_response`, so h11's
-    state of ``conn`` never reached the end of the response."""
-    data, closed = conn.trailing_data
-    fresh = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-    if data:
-        fresh.receive_data(bytes(data))
-    if closed:
-        fresh.receive_data(b"")
-    return fresh
-
-
-class _CountingStream(trio.abc.Stream):
-    """A stream that counts the bytes read from it (to measure request heads as sent)."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.received = 0
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        """Read from the stream, counting what arrives."""
-        data = await self.stream.receive_some(max_bytes)
-        self.received += len(data)
-        return data
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Write to the stream (:func:`write_all`: the front door is its only writer)."""
-        await write_all(self.stream, data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        """As the stream's."""
-        await self.stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        """Close the stream."""
-        await self.stream.aclose()
-
-
-async def _serve_request(stream: trio.abc.Stream, conn: h11.Connection, router: Router,
-                         request: HttpRequest, max_body_bytes: int) -> bool:
+async def _serve_request(stream: trio.abc.Stream, buf: bytearray, router: Router,
+                         request: HttpRequest, parsed: _Parsed,
+                         parser: httptools.HttpRequestParser, max_body_bytes: int) -> bool:
     """Answer one request; True if the connection may carry another."""
     limit = max_body_bytes if request.method in _BODY_METHODS else 0
     head = request.method == "HEAD"  # an answer to HEAD carries no body, refusals too
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        # refused before reading it: the client said how big it is
-        await send_response(stream, HttpResponse(413, b"request body too large\n"), conn,
-                            close=True, head=head)
-        return False
     body: bytes | None = None  # stays None if the body takes too long
     try:
-        if declared in ("", "0") and "transfer-encoding" not in request.headers:
-            body = await _read_body(stream, conn, limit)  # no body: h11 ends it without I/O
+        if parsed.complete:
+            body = b""  # no body: nothing to read
         else:
             with trio.move_on_after(BODY_TIMEOUT_S):
-                body = await _read_body(stream, conn, limit)
+                body = await _read_body(stream, buf, request, parsed, parser, limit)
             if body is None:
-                raise _BodyRefused(408, b"request body timed out\n")
-    except _BodyRefused as refused:
+                raise _BadRequest(408, b"request body timed out\n")
+    except _BadRequest as refused:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await send_response(stream, HttpResponse(refused.status, refused.message), conn,
-                                close=True, head=head)
+            await send_response(stream, HttpResponse(refused.status, refused.message),
+                                head=head)
         return False
     handler = router.find_http(request.path)
     if handler is None:
@@ -521,21 +551,22 @@ async def _serve_request(stream: trio.abc.Stream, conn: h11.Connection, router: 
                                            request.query, request.headers, request.remote,
                                            body, request.http_version))
         response = answer if isinstance(answer, HttpResponse) else await _hold(
-            stream, conn, answer)
+            stream, buf, answer)
     if response is None:
         return False  # the client went away while its request was held
     keep = _keep_alive(request)
-    await send_response(stream, response, conn, close=not keep, head=head)
+    await send_response(stream, response, close=not keep, head=head)
     return keep
 
 
-async def _hold(stream: trio.abc.Stream, conn: h11.Connection, hold: Hold) -> HttpResponse | None:
+async def _hold(stream: trio.abc.Stream, buf: bytearray, hold: Hold) -> HttpResponse | None:
     """Wait until ``hold`` is ready, reading the connection meanwhile; None if the client
-    closed it first (the hold is then abandoned).
+    closed it first (the hold is then abandoned), or sent more than
+    :data:`MAX_HELD_BYTES` meanwhile.
 
     One task does both: the read is cancelled when the hold's waker fires, so a held
     poll costs no extra task. Bytes that arrive meanwhile (a pipelined next request)
-    are kept for h11.
+    are kept in ``buf``.
     """
     try:
         while not hold.ready():
@@ -547,10 +578,10 @@ async def _hold(stream: trio.abc.Stream, conn: h11.Connection, hold: Hold) -> Ht
                     hold.set_waker(None)
             if scope.cancelled_caught:
                 continue
-            if not data:
-                hold.abandon()  # the client went away
+            if not data or len(buf) + len(data) > MAX_HELD_BYTES:
+                hold.abandon()  # the client went away (or misbehaves)
                 return None
-            conn.receive_data(bytes(data))
+            buf += data
     except BaseException:
         hold.abandon()
         raise
