@@ -15,10 +15,12 @@ volatile frame that still does not fit is dropped; a non-volatile one that does 
 fit makes :meth:`push` return ``False`` and the caller disconnects that client
 (``slow-consumer``). What the server queues in one go while no write is in progress
 (a join's full state, a replay, a committed batch of operations) may use
-``BURST_FACTOR`` times the bound, and a single frame into an empty queue (a large
-join state) is always accepted, so a client that reads is not cut off for a burst the
-server itself produced. Memory per connection is therefore bounded by
-``BURST_FACTOR`` times the limit, plus one frame, plus one batch in flight.
+``BURST_FACTOR`` times the bound. The first frame in line is not counted: it is the
+next write, and a single frame larger than the bound (a large join state, a Yjs sync
+of a large document) is always accepted into an empty queue, even behind a write in
+progress, so a client that reads is not cut off for a message or a burst the server
+itself produced. Memory per connection is therefore bounded by ``BURST_FACTOR`` times
+the limit, plus one frame, plus one batch in flight.
 
 Every byte written to the socket after the handshake goes through the outbox (pongs
 and close frames included), so the writer task owns the stream for writing and no lock
@@ -103,10 +105,11 @@ class Outbox:
             return True
         size = len(frame)
         limit = self.max_bytes if self._sending else self.max_bytes * BURST_FACTOR
-        if self._bytes + size > limit and (self._sending or self._frames):
+        # the first frame in line is the next write's: only what waits behind it counts
+        if self._bytes + size - (len(self._frames[0]) if self._frames else size) > limit:
             if self._volatile_at:
                 self._drop_volatile()
-            if self._bytes + size > limit:
+            if self._bytes + size - (len(self._frames[0]) if self._frames else size) > limit:
                 if volatile:
                     self.dropped_volatile += 1
                     return True
@@ -117,7 +120,8 @@ class Outbox:
         self._frames.append(frame)
         self._bytes += size
         if self._sending and not self._warned and (
-                (self._bytes - self._volatile_bytes) * 2 > self.max_bytes):
+                (self._bytes - self._volatile_bytes - len(self._frames[0])) * 2
+                > self.max_bytes):
             # only what cannot be dropped brings an overflow (a disconnect) closer
             self._high_water()
         if self._idle:

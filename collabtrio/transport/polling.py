@@ -13,7 +13,8 @@ not reading" meaning "no ``GET`` is waiting": while the client is away, what que
 past ``max_bytes`` drops the volatile messages first, then refuses (the session
 disconnects that client as a slow consumer), so a client that stops polling costs
 bounded memory. While a ``GET`` is waiting, what the server queues in one go may use
-``BURST_FACTOR`` times the bound, and one message into an empty queue always fits.
+``BURST_FACTOR`` times the bound. The first message in line is not counted (the next
+poll takes it), so one message larger than the bound always fits an empty queue.
 When what waits for an absent poll (volatile messages not counted) passes half the
 bound, the session's ``warning``
 event (:attr:`PollQueue.on_high_water`) is put first in the queue.
@@ -75,9 +76,11 @@ class PollQueue:
             return True
         size = _size(out)
         limit = self.max_bytes * BURST_FACTOR if self.waiting else self.max_bytes
-        if self._bytes + size > limit and self._items:
+        # the first message in line goes out with the next poll: only what waits
+        # behind it counts (so one large message never overflows a client that polls)
+        if self._bytes + size - self._head_size(size) > limit:
             self._drop_volatile()
-            if self._bytes + size > limit:
+            if self._bytes + size - self._head_size(size) > limit:
                 if volatile:
                     self.dropped_volatile += 1
                     return True
@@ -87,7 +90,8 @@ class PollQueue:
         if volatile:
             self._volatile_bytes += size
         if not self.waiting and not self._warned and (
-                (self._bytes - self._volatile_bytes) * 2 > self.max_bytes):
+                (self._bytes - self._volatile_bytes - _size(self._items[0][0])) * 2
+                > self.max_bytes):
             # only what cannot be dropped brings an overflow (a disconnect) closer
             self._warned = True
             notice = self.on_high_water(self._bytes) if self.on_high_water else None
@@ -97,6 +101,10 @@ class PollQueue:
                 self._bytes += _size(notice)
         self._wake()
         return True
+
+    def _head_size(self, size: int) -> int:
+        # the first message's size; ``size`` (the one being pushed) if none is queued
+        return _size(self._items[0][0]) if self._items else size
 
     def _wake(self) -> None:
         waker = self.waker

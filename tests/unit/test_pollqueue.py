@@ -44,7 +44,7 @@ def test_a_message_bigger_than_the_cap_still_goes_alone() -> None:
 
 
 def test_a_client_away_is_bounded_volatile_first() -> None:
-    queue = PollQueue(200)
+    queue = PollQueue(130)  # the first message in line is not counted
     assert queue.push(Outgoing.event("cursor", "x" * 60), volatile=True)
     assert queue.push(Outgoing.event("cursor", "y" * 60), volatile=True)
     assert queue.push(Outgoing.event("op", "z" * 60))  # fits once the cursors are dropped
@@ -57,6 +57,16 @@ def test_a_single_message_into_an_empty_queue_always_fits() -> None:
     queue = PollQueue(10)
     assert queue.push(Outgoing.event("state", "s" * 1000))
     assert len(queue) == 1
+
+
+def test_a_large_message_first_in_line_leaves_the_bound_to_what_follows() -> None:
+    """A message larger than the bound (a Yjs sync of a large document) is taken by
+    the next poll: what queues behind it is bounded as if the queue were empty."""
+    queue = PollQueue(100)
+    assert queue.push(Outgoing.event("state", "s" * 1000))
+    assert queue.push(Outgoing.event("op", "a" * 30))
+    assert queue.push(Outgoing.event("op", "b" * 30))
+    assert not queue.push(Outgoing.event("op", "c" * 30))  # 3 x 42 bytes behind it
 
 
 async def test_wait_returns_when_something_is_queued_or_the_queue_closes() -> None:

@@ -90,7 +90,7 @@ async def test_mailbox_get_batch_times_out_empty(autojump_clock: trio.testing.Mo
 async def test_outbox_bound_applies_behind_a_blocked_write(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    box = Outbox(max_bytes=100)
+    box = Outbox(max_bytes=60)  # the first frame in line is not counted
     client, server = trio.testing.lockstep_stream_pair()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(box.run_writer, client)
@@ -112,7 +112,7 @@ async def test_outbox_bound_applies_behind_a_blocked_write(
 
 
 def test_outbox_drops_volatile_first_then_refuses() -> None:
-    box = Outbox(max_bytes=100)
+    box = Outbox(max_bytes=60)  # the first frame in line is not counted
     box._sending = True  # as while the writer is blocked in send_all
     assert box.push(b"v" * 40, volatile=True)
     assert box.push(b"n" * 40)
@@ -126,6 +126,19 @@ def test_outbox_drops_volatile_first_then_refuses() -> None:
     # a non-volatile frame that does not fit is refused: the caller disconnects
     assert not box.push(b"x" * 40)
     assert box.queued_bytes == 80
+
+
+def test_outbox_takes_a_large_frame_behind_a_write_and_bounds_what_follows() -> None:
+    """A frame larger than the bound (a Yjs sync of a large document, a large join
+    state) is accepted while a write is in progress if nothing else waits; the bound
+    then applies to what queues behind it."""
+    box = Outbox(max_bytes=100)
+    box._sending = True  # as while the writer is blocked in send_all
+    assert box.push(b"s" * 1_600_000)
+    assert box.push(b"a" * 60)
+    assert box.push(b"b" * 40)
+    assert not box.push(b"c" * 10)  # 110 bytes behind the large frame
+    assert box.queued_bytes == 1_600_100
 
 
 async def test_cancelled_timers_do_not_pile_up(autojump_clock: trio.testing.MockClock) -> None:
