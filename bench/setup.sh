@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Install the benchmarks' dependencies:
-#   - the Node load generators' packages (socket.io-client, ws) into bench/node_modules;
+#   - the Node load generators' packages (socket.io-client, ws; yjs, y-protocols and lib0 for
+#     bench/yjsgen.mjs) and the Yjs benchmark's Node peer, @y/websocket-server 0.1.1 (the
+#     reference y-websocket server of the yjs 13 line), into bench/node_modules;
 #   - the python-socketio peer (bench/psio_server.py: python-socketio's AsyncServer under
-#     uvicorn, with uvloop, httptools and websockets from uvicorn[standard]) into the
+#     uvicorn, with uvloop, httptools and websockets from uvicorn[standard]) and the Yjs
+#     benchmark's Python peer, pycrdt-websocket 0.16.x (bench/yjs_pycrdt_server.py), into the
 #     project's virtualenv (.venv beside bench/, or $BENCH_PYTHON).
 # Usage: bash bench/setup.sh   (from anywhere)
 set -euo pipefail
@@ -20,6 +23,7 @@ else
 fi
 
 node -e 'require("socket.io-client"); require("ws"); console.log("bench: node deps OK (node " + process.version + ")")'
+node --input-type=module -e 'import "yjs"; import "y-protocols/sync"; import "lib0/encoding"; import "@y/websocket-server/utils"; import { readFileSync } from "node:fs"; const v = JSON.parse(readFileSync("node_modules/@y/websocket-server/package.json")).version; console.log("bench: yjs deps OK (@y/websocket-server " + v + ")")'
 
 # The python-socketio peer of the fan-out benchmark (--only psio, the polling scenario).
 PY="${BENCH_PYTHON:-../.venv/bin/python}"
@@ -28,4 +32,7 @@ if [ ! -x "$PY" ]; then
     exit 1
 fi
 "$PY" -m pip install -q --disable-pip-version-check 'python-socketio>=5.11' 'uvicorn[standard]>=0.30'
+# The pycrdt-websocket peer of the Yjs benchmark (bench/yjs.py); it shares pycrdt with collabtrio.
+"$PY" -m pip install -q --disable-pip-version-check 'pycrdt-websocket>=0.16,<0.17'
 "$PY" -c 'import socketio, uvicorn, websockets, uvloop, httptools; from importlib.metadata import version as v; print("bench: python deps OK (python-socketio " + v("python-socketio") + ", uvicorn " + v("uvicorn") + ", websockets " + v("websockets") + ")")'
+"$PY" -c 'import pycrdt.websocket; from importlib.metadata import version as v; print("bench: pycrdt-websocket " + v("pycrdt-websocket") + " (pycrdt " + v("pycrdt") + ")")'
