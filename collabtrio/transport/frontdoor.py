@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -43,6 +42,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httptools
 import trio
+
+from .socketwrite import write_all
 
 log = logging.getLogger(__name__)
 
@@ -321,27 +322,6 @@ def _keep_alive(request: HttpRequest) -> bool:
     connection = request.headers.get("connection")
     return connection is None or "close" not in (
         token.strip().lower() for token in connection.split(","))
-
-
-async def write_all(stream: trio.abc.SendStream, data: bytes | bytearray | memoryview) -> None:
-    """``stream.send_all(data)``, except that on a socket the first attempt is a plain
-    non-blocking write from this task: an answer that fits the socket's buffer (a poll's
-    answer does) then costs no pass through the scheduler. Whatever does not fit is
-    sent with ``send_all``. Only for a stream that this task alone writes to."""
-    if isinstance(stream, trio.SocketStream) and data:
-        fd = stream.socket.fileno()
-        if fd < 0:
-            raise trio.ClosedResourceError("the socket was closed")
-        try:
-            sent = os.write(fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:  # EPIPE, ECONNRESET: the peer is gone
-            raise trio.BrokenResourceError(f"the peer closed the connection: {exc}") from exc
-        if sent == len(data):
-            return
-        data = memoryview(data)[sent:]
-    await stream.send_all(data)
 
 
 async def send_response(stream: trio.abc.Stream, resp: HttpResponse, *, close: bool = True,

@@ -45,6 +45,7 @@ from collections.abc import Callable
 import trio
 
 from ..protocol.outgoing import Outgoing
+from .socketwrite import write_all
 
 BURST_FACTOR = 8
 MAX_WRITE_BYTES = 256 * 1024
@@ -220,7 +221,7 @@ class Outbox:
                 continue
             self._sending = True
             try:
-                await stream.send_all(data)
+                await write_all(stream, data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.closed = True
                 return
