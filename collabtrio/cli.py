@@ -109,7 +109,13 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if group is None:
             group = groups[group_name] = parser.add_argument_group(group_name)
         help_text = f"{f.metadata['help']} [env {env_name(f.name)}; default: {f.default}]"
-        if isinstance(f.default, bool):
+        if f.name == "api_keys":
+            # repeatable, and --api-key reads better for one key
+            group.add_argument(
+                flag_name(f.name), "--api-key", dest=f.name, action="append", default=None,
+                metavar="NAME:SECRET[:SCOPES]", help=help_text,
+            )
+        elif isinstance(f.default, bool):
             group.add_argument(
                 flag_name(f.name), dest=f.name, action="store_const", const=True,
                 default=None, help=help_text,
@@ -130,6 +136,8 @@ def config_from(args: argparse.Namespace, environ: dict[str, str] | None = None)
     values: dict[str, Any] = {}
     for f in settings():
         raw = getattr(args, f.name, None)
+        if isinstance(raw, list):  # a repeatable flag: its values, as the variable has them
+            raw = ",".join(raw)
         if raw is True:
             values[f.name] = True
             continue

@@ -185,6 +185,34 @@ class Config:
         2.0, "How often stored role grants are checked for changes (0 disables).",
         group="auth",
     )
+    api_keys: str | None = _f(
+        None,
+        "API keys for the HTTP API (/api/), comma-separated, each NAME:SECRET or "
+        "NAME:SECRET:SCOPES with SCOPES publish, read and/or admin joined by + (none "
+        "given: every scope); the flag --api-key is repeatable. No key: /api/ answers 401.",
+        group="api",
+    )
+    api_keys_file: str | None = _f(
+        None,
+        "A file of API keys, one NAME:SECRET[:SCOPES] per line (# comments); re-read "
+        "when it changes, so keys rotate without a restart.",
+        group="api",
+    )
+    api_max_body_bytes: int = _f(
+        512 * 1024,
+        "Largest HTTP API request body; bigger gets 413 (bodies past max_payload are "
+        "refused by the front door first).",
+        group="api",
+    )
+    api_max_rooms: int = _f(
+        100,
+        "Rooms one POST /api/publish may name, and the largest page of GET /api/rooms.",
+        group="api",
+    )
+    api_retry_after_s: int = _f(
+        1, "Retry-After (seconds) of a 503 from the HTTP API (a busy room, storage down).",
+        group="api",
+    )
     room_idle_s: float = _f(30.0, "A room with no members closes after this many seconds.")
     shutdown_grace_s: float = _f(
         2.0, "On SIGINT/SIGTERM, seconds connections get to close before they are cancelled."
@@ -229,6 +257,9 @@ class Config:
             "room_inbox_size",
             "history_limit",
             "max_ops_per_commit",
+            "api_max_body_bytes",
+            "api_max_rooms",
+            "api_retry_after_s",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

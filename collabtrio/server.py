@@ -32,22 +32,27 @@ only; it never reaches the connections nursery, so it cannot cancel the server.
 Embedding API, for back-end code in the same trio program: :meth:`Server.yjs_json`,
 :meth:`Server.yjs_text` and :meth:`Server.replace_yjs` go through the room's own
 mailbox (a room that is not open is opened, and closes again when idle), so they are
-ordered with the members' commands.
+ordered with the members' commands. :meth:`Server.publish`, :meth:`Server.apply_op`,
+:meth:`Server.stats`, :meth:`Server.list_rooms`, :meth:`Server.room_state` and
+:meth:`Server.disconnect_user` are the HTTP API's operations
+(:class:`~collabtrio.app.service.BackendService`, which the API's routes call too).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, overload
 
 import trio
 
 from .app.context import AppContext
 from .app.grants import watch_grants
+from .app.service import DEFAULT_REASON, BackendComponent, BackendService
 from .auth.tokens import Authenticator
 from .config import Config
+from .http.auth import ApiKeys
 from .http.routes import build_router
 from .protocol.ids import check_room_id
 from .rooms.commands import YjsReadCmd, YjsResetCmd
@@ -64,7 +69,7 @@ from .transport.session import SocketIOSession
 
 log = logging.getLogger(__name__)
 
-ROOM_COMPONENTS = (DocumentKeeper, YjsComponent)
+ROOM_COMPONENTS = (DocumentKeeper, YjsComponent, BackendComponent)
 """What every room runs besides its own task, in start order."""
 
 
@@ -87,6 +92,8 @@ class Server:
         self.config = config
         self.wall_clock = wall_clock
         self.auth = Authenticator(config, now=wall_clock)
+        self.api_keys = ApiKeys.from_config(config)  # ValueError for a bad key or file
+        self._service: BackendService | None = None
         self.timers = Timers()
         self._store = store
         self._context: AppContext | None = None
@@ -133,7 +140,75 @@ class Server:
         """``http://host:port`` of the bound listener."""
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def service(self) -> BackendService:
+        """The back-end operations (available once :meth:`run` has started)."""
+        if self._service is None:
+            raise RuntimeError("the server is not running")
+        return self._service
+
     # -- embedding API -------------------------------------------------------------------
+
+    @overload
+    async def publish(self, rooms: str, event: str, data: Any = None) -> dict[str, Any]: ...
+
+    @overload
+    async def publish(self, rooms: Sequence[str], event: str, data: Any = None
+                      ) -> dict[str, Any]: ...
+
+    async def publish(self, rooms: str | Sequence[str], event: str, data: Any = None
+                      ) -> dict[str, Any]:
+        """Send ``broadcast {room, event, data, userId: null, userName: null, socketId:
+        null}`` to the members of a room (``rooms`` a str) or of several (a list);
+        ``user:<sub>`` reaches every connection of that user.
+
+        Returns, for one room, ``{ok, room, open, delivered}``; for a list, ``{ok,
+        delivered, rooms: [{room, open, delivered}]}`` (``delivered``: Socket.IO
+        connections handed the event, once the room has sent it). A room that is not
+        open reaches nobody and is not opened. Raises
+        :class:`~collabtrio.errors.CollabError`: ``RATE_LIMITED`` (a room's mailbox is
+        full: nothing was sent), ``INVALID_ROOM``, ``VALIDATION``, ``TOO_LARGE``.
+        """
+        if isinstance(rooms, str):
+            result = await self.service.publish([rooms], event, data)
+            return {"ok": True, **result["rooms"][0]}
+        return await self.service.publish(rooms, event, data)
+
+    async def apply_op(
+        self, room: str, *, operation_id: str, op: str, collection: str, id: str,
+        data: Any = None, timestamp: float | None = None, user_id: str = "server",
+        user_name: str | None = None,
+    ) -> dict[str, Any]:
+        """Apply a document operation as ``user_id`` and return its result once
+        committed, ``{ok, operationId, seq, serverTimestamp}`` (``epoch`` too for a
+        ``replace``): the same validation, persistence, broadcast and idempotency as a
+        client's ``op`` (see :meth:`~collabtrio.app.service.BackendService.apply_op`).
+        """
+        return await self.service.apply_op(
+            room, operation_id=operation_id, op=op, collection=collection, id=id, data=data,
+            timestamp=timestamp, user_id=user_id, user_name=user_name)
+
+    def stats(self) -> dict[str, Any]:
+        """Connections by transport, open rooms and members, users, uptime, version and
+        the storage's commit counts (``GET /api/stats`` adds a storage ping)."""
+        return self.service.stats()
+
+    def list_rooms(self, *, limit: int | None = None, cursor: str | None = None,
+                   prefix: str | None = None) -> dict[str, Any]:
+        """A page of open rooms in id order, ``{rooms, nextCursor}`` (see
+        :meth:`~collabtrio.app.service.BackendService.list_rooms`)."""
+        return self.service.list_rooms(limit=limit, cursor=cursor, prefix=prefix)
+
+    async def room_state(self, room: str) -> dict[str, Any]:
+        """``{room, open, seq, epoch, state, members, uniqueUsers, connections}``: an
+        open room from memory, another from storage without opening it."""
+        return await self.service.room_state(room)
+
+    def disconnect_user(self, sub: str, reason: str = DEFAULT_REASON) -> dict[str, Any]:
+        """Close every connection of user ``sub`` (Socket.IO clients get
+        ``disconnect-reason {reason}`` and a DISCONNECT, so stock clients do not
+        reconnect; y-websocket peers close with 4403); returns the counts."""
+        return self.service.disconnect_user(sub, reason)
 
     async def yjs_json(self, room: str) -> dict[str, Any]:
         """The room's Yjs document as JSON: ``{root name: value}``, a ``Y.Text`` as its
@@ -201,7 +276,8 @@ class Server:
                                 wall_clock=self.wall_clock)
         ctx = self._context = AppContext(cfg, self.auth, store, commits, registry, self.timers,
                                          self.wall_clock)
-        self._router = build_router(ctx)
+        service = self._service = BackendService(ctx)
+        self._router = build_router(ctx, service=service, keys=self.api_keys)
         try:
             async with trio.open_nursery() as writer:
                 await writer.start(commits.run)
@@ -220,8 +296,13 @@ class Server:
                         self._conn_nursery = conns
                         if listeners:
                             conns.start_soon(self._accept, listeners, conns)
-                        self.started_at = trio.current_time()
+                        self.started_at = service.started_at = trio.current_time()
                         log.info("collabtrio listening on %s", self.url if listen else "memory")
+                        names = self.api_keys.names()
+                        if names:
+                            log.info("HTTP API: %d API keys (%s)", len(names), ", ".join(names))
+                        else:
+                            log.info("HTTP API: no API key configured; /api/ answers 401")
                         task_status.started(self)
                         await self._shutdown.wait()
                         await self._drain(conns)

@@ -73,7 +73,7 @@ def _too_deep(value: Any, limit: int) -> bool:
     return False
 
 
-def _check_storable(value: Any, what: str) -> None:
+def check_storable(value: Any, what: str) -> None:
     """Refuse what no backend can store: bytes, NaN/Infinity, lone surrogates, NUL
     characters (PostgreSQL text and JSONB refuse them), and nesting deeper than
     :data:`MAX_DEPTH` levels.
@@ -203,7 +203,7 @@ async def op(ctx: AppContext, conn: Client, payload: Any, ack_id: int | None) ->
     """``op``: a document operation, persisted then broadcast (the room checks roles)."""
     msg = messages.parse(messages.OpPayload, payload)
     room = _joined_room(conn, msg.room, "op")
-    _check_storable([msg.operation_id, msg.collection, msg.id, msg.data], "op")
+    check_storable([msg.operation_id, msg.collection, msg.id, msg.data], "op")
     await _document_space(room)
     await _deliver(room, OpCmd(conn, ack_id, msg))
 
@@ -212,7 +212,7 @@ async def field(ctx: AppContext, conn: Client, payload: Any, ack_id: int | None)
     """``field``: a debounced write of one value inside an entity."""
     msg = messages.parse(messages.FieldPayload, payload)
     room = _joined_room(conn, msg.room, "field")
-    _check_storable([msg.operation_id, msg.collection, msg.id, msg.path, msg.value], "field")
+    check_storable([msg.operation_id, msg.collection, msg.id, msg.path, msg.value], "field")
     await _document_space(room)
     await _deliver(room, FieldCmd(conn, ack_id, msg))
 
@@ -221,7 +221,7 @@ async def chat(ctx: AppContext, conn: Client, payload: Any, ack_id: int | None) 
     """``chat``: persisted, then sent to every member, the sender included."""
     msg = messages.parse(messages.ChatPayload, payload)
     room = _joined_room(conn, msg.room, "chat")
-    _check_storable([msg.text, msg.client_id], "chat")
+    check_storable([msg.text, msg.client_id], "chat")
     await _document_space(room)
     await _deliver(room, ChatCmd(conn, ack_id, msg))
 

@@ -49,7 +49,7 @@ from ..auth.roles import check_join_allowed, resolve_role
 from ..auth.tokens import Identity
 from ..errors import CollabError, ErrorCode
 from ..protocol import yprotocol
-from ..protocol.ids import check_room_id
+from ..protocol.ids import Role, check_room_id
 from ..protocol.outgoing import Outgoing
 from ..rooms.commands import Join, Leave, YjsAwarenessCmd, YjsHelloCmd, YjsSyncCmd, YjsUpdateCmd
 from ..rooms.mailbox import MailboxClosed
@@ -57,7 +57,7 @@ from ..rooms.room import Room
 from ..storage.base import StorageError
 from ..transport.cors import OriginPolicy
 from ..transport.frontdoor import HttpRequest, abort_stream, first, send_error
-from ..transport.limits import TokenBucket
+from ..transport.limits import Admission, TokenBucket
 from ..transport.outbox import Outbox
 from ..transport.websocket import HandshakeError, ServerWebSocket, WebSocketClosed
 from .context import AppContext
@@ -167,9 +167,13 @@ class YWebsocketPeer:
 class YWebsocketEndpoint:
     """``/yjs/<room>``: the router's WebSocket handler (see the module docstring)."""
 
-    def __init__(self, ctx: AppContext) -> None:
+    def __init__(self, ctx: AppContext, admission: Admission | None = None) -> None:
         self.ctx = ctx
         self.origins = OriginPolicy(ctx.config.cors_origins or "")
+        self.admission = admission
+        """The Socket.IO endpoint's connection counts, shared: a y-websocket peer takes
+        one of ``max_connections`` like a Socket.IO connection (it authenticates in its
+        handshake, so it is never among the unauthenticated)."""
 
     def _token(self, request: HttpRequest) -> str | None:
         header = request.headers.get("authorization", "")
@@ -208,6 +212,21 @@ class YWebsocketEndpoint:
             await ws.reject(status, json.dumps({"error": err.to_wire()}).encode())
             return
         role = resolve_role(identity, room_id, grants=grants, default=cfg.default_role)
+        admission = self.admission
+        if admission is not None and not admission.take_connection():
+            await ws.reject(503, json.dumps(
+                {"message": "server full (max_connections); try again later"}).encode(),
+                (("retry-after", "1"),))
+            return
+        try:
+            await self._run(stream, ws, identity, room_id, role, epoch)
+        finally:
+            if admission is not None:
+                admission.release_connection()
+
+    async def _run(self, stream: trio.abc.Stream, ws: ServerWebSocket, identity: Identity,
+                   room_id: str, role: Role, epoch: str | None) -> None:
+        ctx = self.ctx
         await ws.accept()
         peer = YWebsocketPeer(ws, identity)
         writer_done = trio.Event()

@@ -15,7 +15,9 @@ own process (the embedding API on :class:`~collabtrio.server.Server`), not from 
 member, so the room hands it over without those checks. Its peer is a
 :class:`ServerCall`, which keeps the answer for the task awaiting
 :meth:`ServerCall.result`. It goes through the same mailbox, so it is ordered with
-the members' commands.
+the members' commands. Back-end code has two of its own: :class:`PublishCmd` (an
+event for every member) and :class:`ServerOpCmd` (a document operation, an
+:class:`OpCmd` made under the caller's identity).
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from ..protocol.messages import ChatPayload, FieldPayload, OpPayload
 from ..protocol.outgoing import Outgoing
 from .peer import Peer
 
-__all__ = ["ChatCmd", "Command", "FieldCmd", "Join", "Leave", "OpCmd", "Relay", "ServerCall",
-           "ServerCommand", "SetRole", "YjsAwarenessCmd", "YjsHelloCmd", "YjsReadCmd",
-           "YjsResetCmd", "YjsSyncCmd", "YjsUpdateCmd"]
+__all__ = ["SERVER_IDENTITY", "ChatCmd", "Command", "FieldCmd", "Join", "Leave", "OpCmd",
+           "PublishCmd", "Relay", "ServerCall", "ServerCommand", "ServerOpCmd", "SetRole",
+           "YjsAwarenessCmd", "YjsHelloCmd", "YjsReadCmd", "YjsResetCmd", "YjsSyncCmd",
+           "YjsUpdateCmd"]
 
 
 @dataclass(slots=True)
@@ -215,16 +218,22 @@ class YjsHelloCmd(Command):
     event: ClassVar[str] = "yjs-hello"
 
 
-_SERVER_IDENTITY = Identity(user_id="server", name="server", email=None, picture=None)
+SERVER_IDENTITY = Identity(user_id="server", name="server", email=None, picture=None)
+"""Who a :class:`ServerCall` is unless it is given another identity."""
 
 
 class ServerCall:
     """The :class:`Peer` of a :class:`ServerCommand`: not a member of anything; the
-    command's answer (its ack, or its refusal) is kept for :meth:`result`."""
+    command's answer (its ack, or its refusal) is kept for :meth:`result`.
+
+    ``identity`` is who the command acts as (user id ``server`` by default): a document
+    operation from back-end code is recorded, broadcast and made idempotent under it.
+    """
 
     pending_joins = 0
 
-    def __init__(self) -> None:
+    def __init__(self, identity: Identity | None = None) -> None:
+        self._identity = identity or SERVER_IDENTITY
         self._done = trio.Event()
         self._value: Any = None
         self._error: CollabError | None = None
@@ -237,8 +246,9 @@ class ServerCall:
 
     @property
     def identity(self) -> Identity:
-        """The server's own identity (user id ``server``)."""
-        return _SERVER_IDENTITY
+        """Who the command acts as (the server's own identity, user id ``server``,
+        unless another was given)."""
+        return self._identity
 
     @property
     def rooms(self) -> MutableMapping[str, Any]:
@@ -306,3 +316,20 @@ class YjsResetCmd(ServerCommand):
     update: bytes | None
 
     event: ClassVar[str] = "yjs-reset"
+
+
+@dataclass(slots=True)
+class PublishCmd(ServerCommand):
+    """An event from back-end code for every member of the room (``out``, encoded once;
+    a ``broadcast`` event). The answer is how many members it was handed to."""
+
+    out: Outgoing
+
+    event: ClassVar[str] = "publish"
+
+
+@dataclass(slots=True)
+class ServerOpCmd(OpCmd, ServerCommand):
+    """A document operation from back-end code: an :class:`OpCmd` (same validation,
+    idempotency, persistence and broadcast, under the caller's identity) that the room
+    hands over without membership or role checks. The answer is the op's result."""

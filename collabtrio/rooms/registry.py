@@ -15,7 +15,9 @@ from typing import Any
 
 import trio
 
+from ..auth.tokens import Identity
 from ..config import Config
+from ..errors import CollabError, ErrorCode
 from ..storage.base import Store
 from ..storage.writer import CommitQueue
 from .commands import ServerCall, ServerCommand
@@ -100,6 +102,39 @@ class RoomRegistry:
                 await trio.lowlevel.checkpoint()
                 continue
             return await caller.result()
+
+    @staticmethod
+    def has_room_for(room: Room, component: str | None = None) -> bool:
+        """True if ``room`` takes one more command now: its mailbox is below its bound
+        (and so is the queue of ``component``, when named), and it is not closing."""
+        if room.mailbox.closed or len(room.mailbox) >= room.mailbox.bound:
+            return False
+        part = room.component(component) if component is not None else None
+        return part is None or not part.full
+
+    def offer(self, room_id: str, make: Callable[[ServerCall], ServerCommand], *,
+              open_room: bool = True, component: str | None = None,
+              identity: Identity | None = None) -> ServerCall | None:
+        """Put a server-side command in room ``room_id``'s mailbox without waiting
+        (a door that refuses, for callers outside the process: the HTTP API).
+
+        Returns the :class:`ServerCall` to await the answer on; None when the room is
+        not open and ``open_room`` is false. Raises :class:`CollabError`
+        (``RATE_LIMITED``, retryable) when the room's mailbox (or ``component``'s queue)
+        is full. Synchronous, so a caller can check several rooms and then offer to each
+        with no other task in between.
+        """
+        room = self.rooms.get(room_id) if not open_room else self.get_or_open(room_id)
+        if room is None:
+            return None
+        if not self.has_room_for(room, component):
+            raise CollabError(ErrorCode.RATE_LIMITED,
+                              f"room {room_id!r} is busy; retry shortly", retryable=True)
+        caller = ServerCall(identity)
+        # a room whose mailbox is closed has left the registry already (see Room), and
+        # has_room_for refused it: this cannot raise MailboxClosed
+        room.mailbox.put_nowait(make(caller))
+        return caller
 
     def forget(self, room: Room) -> None:
         """Called by a closing room: later joins open a fresh one."""

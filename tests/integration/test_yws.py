@@ -232,3 +232,28 @@ async def test_an_old_timeline_provider_is_closed_with_4409(
             async with yws(server, "doc", server.token("bad"), epoch="not%20an%20epoch"):
                 pass
         assert rejected.value.status_code == 400
+
+
+async def test_y_websocket_peers_count_against_max_connections(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A y-websocket peer takes one of ``max_connections`` like a Socket.IO client: with
+    one slot, a second connection of either kind is refused (503), and the slot is
+    free again once the peer goes."""
+    async with open_test_server(max_connections=1) as server:
+        async with yws(server, "doc", server.token("y1")) as ws:
+            assert isinstance(await receive(ws), yp.SyncStep1)
+            with pytest.raises(ConnectionRejected) as info:
+                async with yws(server, "doc", server.token("y2")):
+                    pass
+            assert info.value.status_code == 503
+            with pytest.raises(Exception):  # noqa: B017,PT011 - the handshake is refused
+                async with server.client("sio"):
+                    pass
+        await trio.testing.wait_all_tasks_blocked()
+        async with server.client("sio") as sio:
+            assert sio.sid
+            with pytest.raises(ConnectionRejected) as info:
+                async with yws(server, "doc", server.token("y3")):
+                    pass
+            assert info.value.status_code == 503
