@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -432,24 +433,27 @@ async def serve_stream(
             await stream.aclose()
 
 
-async def _read_head(stream: trio.abc.Stream, buf: bytearray, idle_s: float | None) -> int:
+async def _read_head(stream: trio.abc.Stream, buf: bytearray, idle_s: float | None,
+                     deadline: trio.CancelScope) -> int:
     """Read until ``buf`` starts with a whole request head; its length, or 0 if the
-    client closed the connection (or stayed idle ``idle_s``) before starting one.
-    Raises :class:`_BadRequest` (431) past :data:`MAX_HEAD_BYTES`, TooSlowError past
-    :data:`HEAD_TIMEOUT_S`."""
+    client closed the connection before starting one. Raises :class:`_BadRequest`
+    (431) past :data:`MAX_HEAD_BYTES`. The connection's ``deadline`` scope is set to
+    end it if the client stays idle ``idle_s`` before starting a request, or takes
+    more than :data:`HEAD_TIMEOUT_S` to send its head, and is cleared once the head is
+    in (moving one scope's deadline costs far less than a scope per request)."""
     end = _head_end(buf)
     if end >= 0:
-        return end
+        return end  # already read (pipelined, or sent with the previous request)
     if idle_s is not None and not buf:
         # between two requests: wait for the next one to start
-        data: bytes | bytearray = b""
-        with trio.move_on_after(idle_s):
-            data = await stream.receive_some(65536)
+        deadline.deadline = trio.current_time() + idle_s
+        data = await stream.receive_some(65536)
         if not data:
             return 0
         buf += data
         end = _head_end(buf)
-    with trio.fail_after(HEAD_TIMEOUT_S):
+    if end < 0:
+        deadline.deadline = trio.current_time() + HEAD_TIMEOUT_S
         while end < 0:
             if len(buf) > MAX_HEAD_BYTES:
                 raise _BadRequest(431, b"request head too large\n")
@@ -459,6 +463,7 @@ async def _read_head(stream: trio.abc.Stream, buf: bytearray, idle_s: float | No
                 return 0
             buf += data
             end = _head_end(buf, searched)
+    deadline.deadline = math.inf
     return end
 
 
@@ -470,37 +475,39 @@ async def _serve_http(
     (its handler, request and raw bytes) to hand the stream to."""
     buf = bytearray()  # what was read and not consumed yet: the next request(s)
     idle_s: float | None = None  # the first request has no idle wait, only the head's
-    while True:
-        try:
-            end = await _read_head(stream, buf, idle_s)
-            if not end:
-                return None  # closed by the peer, or idle too long
-            if end > MAX_HEAD_BYTES:
-                raise _BadRequest(431, b"request head too large\n")
-            head = bytes(buf[:end])
-            del buf[:end]
-            request, parsed, parser = _parse_head(head, remote)
-        except _BadRequest as bad:
-            await send_response(stream, HttpResponse(bad.status, bad.message))
-            return None
-        if request.method == "CONNECT":
-            # no route tunnels
-            await send_response(stream, HttpResponse(405, b"method not allowed\n"))
-            return None
-        if request.is_websocket_upgrade:
-            handler = router.find_websocket(request.path)
-            if handler is None:
-                await send_error(stream, 404, "not found")
+    with trio.CancelScope() as deadline:  # idle and head time limits: see _read_head
+        while True:
+            try:
+                end = await _read_head(stream, buf, idle_s, deadline)
+                if not end:
+                    return None  # closed by the peer
+                if end > MAX_HEAD_BYTES:
+                    raise _BadRequest(431, b"request head too large\n")
+                head = bytes(buf[:end])
+                del buf[:end]
+                request, parsed, parser = _parse_head(head, remote)
+            except _BadRequest as bad:
+                await send_response(stream, HttpResponse(bad.status, bad.message))
                 return None
-            if request.http_version < "1.1":
-                # RFC 6455 section 4.1: the opening handshake is HTTP/1.1 or later
-                await send_error(stream, 400, "a WebSocket upgrade needs HTTP/1.1")
+            if request.method == "CONNECT":
+                # no route tunnels
+                await send_response(stream, HttpResponse(405, b"method not allowed\n"))
                 return None
-            return handler, request, head + bytes(buf)
-        if not await _serve_request(stream, buf, router, request, parsed, parser,
-                                    max_body_bytes):
-            return None
-        idle_s = keep_alive_s
+            if request.is_websocket_upgrade:
+                handler = router.find_websocket(request.path)
+                if handler is None:
+                    await send_error(stream, 404, "not found")
+                    return None
+                if request.http_version < "1.1":
+                    # RFC 6455 section 4.1: the opening handshake is HTTP/1.1 or later
+                    await send_error(stream, 400, "a WebSocket upgrade needs HTTP/1.1")
+                    return None
+                return handler, request, head + bytes(buf)
+            if not await _serve_request(stream, buf, router, request, parsed, parser,
+                                        max_body_bytes):
+                return None
+            idle_s = keep_alive_s
+    return None  # idle too long, or the head took too long
 
 
 async def _serve_request(stream: trio.abc.Stream, buf: bytearray, router: Router,
