@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import trio
 import trio.testing
@@ -151,3 +153,94 @@ async def test_cancelled_timers_do_not_pile_up(autojump_clock: trio.testing.Mock
         assert len(timers) < 200
         assert not keep.cancelled
         nursery.cancel_scope.cancel()
+
+
+async def _socket_pair() -> tuple[trio.SocketStream, socket.socket]:
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(a)), b
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+async def test_outbox_writes_a_frame_at_once_when_its_writer_is_idle() -> None:
+    """At a steady rate the pushing task writes the frame itself: it is on the socket
+    before anything else runs, and the writer stays parked."""
+    stream, peer = await _socket_pair()
+    box = Outbox(max_bytes=1000)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(box.run_writer, stream)
+        await trio.testing.wait_all_tasks_blocked()
+        assert box.push(b"first")
+        assert _read_all(peer) == b"first"  # no await since the push: written by it
+        assert box._idle  # the writer was not woken
+        nursery.cancel_scope.cancel()
+    peer.close()
+    await stream.aclose()
+
+
+async def test_outbox_leaves_a_burst_to_its_writer_in_order() -> None:
+    """Frames pushed back to back: only the first is written by the pusher, the rest
+    wait for the writer (few large writes), and all arrive once, in order."""
+    stream, peer = await _socket_pair()
+    box = Outbox(max_bytes=100_000)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(box.run_writer, stream)
+        await trio.testing.wait_all_tasks_blocked()
+        frames = [f"{i:04d}".encode() for i in range(200)]
+        for frame in frames:
+            assert box.push(frame)
+        assert box.queued_bytes == 4 * 199  # everything after the first waits
+        await trio.testing.wait_all_tasks_blocked()
+        assert _read_all(peer) == b"".join(frames)
+        nursery.cancel_scope.cancel()
+    peer.close()
+    await stream.aclose()
+
+
+async def test_outbox_finishes_a_frame_the_socket_took_in_part() -> None:
+    """A direct write the socket takes only in part: the rest goes out first, before
+    the frames pushed after it."""
+    stream, peer = await _socket_pair()
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    box = Outbox(max_bytes=10_000_000)
+    big = bytes(range(256)) * 4096  # 1 MiB: more than the socket buffers hold
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(box.run_writer, stream)
+        await trio.testing.wait_all_tasks_blocked()
+        assert box.push(big)
+        assert box._partial  # the socket took only part of it
+        assert box.push(b"after")
+        got = b""
+        while len(got) < len(big) + 5:
+            got += _read_all(peer)
+            await trio.lowlevel.checkpoint()
+        assert got == big + b"after"
+        nursery.cancel_scope.cancel()
+    peer.close()
+    await stream.aclose()
+
+
+async def test_outbox_writes_nothing_directly_once_its_writer_is_gone() -> None:
+    """After the writer ends the socket may be closed and its descriptor reused: a
+    push never writes to it."""
+    stream, peer = await _socket_pair()
+    box = Outbox(max_bytes=1000)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(box.run_writer, stream)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert box.push(b"late")
+    assert _read_all(peer) == b""
+    peer.close()
+    await stream.aclose()
