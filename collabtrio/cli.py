@@ -24,6 +24,7 @@ import trio
 from . import __version__
 from .auth import mint_token
 from .config import Config, settings
+from .logs import setup_logging
 from .protocol.ids import ROLES, ROOM_PATTERN_RE, Role
 from .storage import StorageError, open_store
 
@@ -115,6 +116,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 flag_name(f.name), "--api-key", dest=f.name, action="append", default=None,
                 metavar="NAME:SECRET[:SCOPES]", help=help_text,
             )
+        elif f.default is True:
+            # on by default: --NAME / --no-NAME
+            group.add_argument(
+                flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                default=None, help=help_text,
+            )
         elif isinstance(f.default, bool):
             group.add_argument(
                 flag_name(f.name), dest=f.name, action="store_const", const=True,
@@ -138,8 +145,8 @@ def config_from(args: argparse.Namespace, environ: dict[str, str] | None = None)
         raw = getattr(args, f.name, None)
         if isinstance(raw, list):  # a repeatable flag: its values, as the variable has them
             raw = ",".join(raw)
-        if raw is True:
-            values[f.name] = True
+        if raw is True or raw is False:
+            values[f.name] = raw
             continue
         if raw is None:
             raw = environ.get(env_name(f.name))
@@ -206,13 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 async def _serve(config: Config) -> None:
     from .server import Server
 
@@ -241,7 +241,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         print(f"collabtrio: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     if config.anonymous:
         logging.getLogger("collabtrio").warning(
             "anonymous mode: clients without a token are accepted as anonymous users "

@@ -213,6 +213,24 @@ class Config:
         1, "Retry-After (seconds) of a 503 from the HTTP API (a busy room, storage down).",
         group="api",
     )
+    metrics: bool = _f(
+        True,
+        "Serve Prometheus metrics at GET /metrics and count for them (--no-metrics: "
+        "no route, nothing counted).",
+        group="operations",
+    )
+    metrics_api_key: str | None = _f(
+        None,
+        "Require Authorization: Bearer <this key> on GET /metrics (16 or more printable "
+        "characters without ':', ',' or spaces); unset: /metrics needs no key.",
+        group="operations",
+    )
+    log_format: str = _f(
+        "text",
+        "Log format: text (<time> <LEVEL> <logger>: <message>) or json (one JSON object "
+        "per line).",
+        group="operations",
+    )
     room_idle_s: float = _f(30.0, "A room with no members closes after this many seconds.")
     shutdown_grace_s: float = _f(
         2.0, "On SIGINT/SIGTERM, seconds connections get to close before they are cancelled."
@@ -227,6 +245,8 @@ class Config:
                 "COLLABTRIO_AUTH_SECRET), or --jwt-public-key key.pem, or --anonymous "
                 "for local use without tokens"
             )
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format must be text or json")
         if self.sqlite_synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError("sqlite_synchronous must be NORMAL or FULL")
         if self.field_debounce_ms < 0 or self.field_max_hold_ms < 0:

@@ -26,6 +26,18 @@ and timers, stop the writer once it has served everyone, close storage and retur
 Cancelling the scope around :func:`serve` instead tears everything down at once (rooms
 still flush, shielded); either way no task or socket is left behind.
 
+Phase (:attr:`Server.phase`, what ``/readyz`` answers from): ``starting`` until the
+storage is open and the listeners are bound, ``serving``, ``draining`` from the call
+to :meth:`Server.shutdown` on (so a load balancer takes the node out of rotation
+while it drains), ``stopped`` once :meth:`Server.run` has returned.
+
+Metrics: each server has its own counters
+(:class:`~collabtrio.observability.sink.Metrics`, handed to the writer, the rooms and
+the application) and its own Prometheus registry (:attr:`Server.metrics_registry`),
+so several servers in one process share nothing; with ``metrics=False`` it counts
+nothing (a :class:`~collabtrio.observability.sink.NullMetrics`) and has no
+``/metrics`` route.
+
 Error handling: an exception in one client's task is logged and ends that client
 only; it never reaches the connections nursery, so it cannot cancel the server.
 
@@ -46,6 +58,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, overload
 
 import trio
+from prometheus_client.registry import CollectorRegistry
 
 from .app.context import AppContext
 from .app.grants import watch_grants
@@ -54,6 +67,13 @@ from .auth.tokens import Authenticator
 from .config import Config
 from .http.auth import ApiKeys
 from .http.routes import build_router
+from .observability.prometheus import (
+    MetricsEndpoint,
+    ServerCollector,
+    build_registry,
+    metrics_keys,
+)
+from .observability.sink import Metrics, NullMetrics
 from .protocol.ids import check_room_id
 from .rooms.commands import YjsReadCmd, YjsResetCmd
 from .rooms.keeper import DocumentKeeper
@@ -93,6 +113,11 @@ class Server:
         self.wall_clock = wall_clock
         self.auth = Authenticator(config, now=wall_clock)
         self.api_keys = ApiKeys.from_config(config)  # ValueError for a bad key or file
+        self.metrics: Metrics = Metrics() if config.metrics else NullMetrics()
+        self._metrics_keys = metrics_keys(config.metrics_api_key)  # ValueError if bad
+        self.metrics_registry: CollectorRegistry | None = None
+        """The Prometheus registry of this server (once running, with metrics on)."""
+        self._phase = "starting"
         self._service: BackendService | None = None
         self.timers = Timers()
         self._store = store
@@ -105,6 +130,12 @@ class Server:
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
         self.started_at = 0.0
+
+    @property
+    def phase(self) -> str:
+        """``starting``, ``serving``, ``draining`` or ``stopped`` (see the module
+        docstring); ``/readyz`` answers 200 only while ``serving``."""
+        return self._phase
 
     @property
     def context(self) -> AppContext:
@@ -248,7 +279,11 @@ class Server:
     # -- lifecycle -----------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Ask for a graceful shutdown (returns at once; :meth:`run` then returns)."""
+        """Ask for a graceful shutdown (returns at once; :meth:`run` then returns).
+
+        From now on :attr:`phase` is ``draining`` and ``/readyz`` answers 503."""
+        if self._phase in ("starting", "serving"):
+            self._phase = "draining"
         self._shutdown.set()
 
     async def wait_stopped(self) -> None:
@@ -271,13 +306,21 @@ class Server:
         if self._store is None:
             self._store = await open_store(cfg.db, sqlite_synchronous=cfg.sqlite_synchronous)
         store = self._store
-        commits = CommitQueue(store, max_batch=cfg.max_ops_per_commit)
+        metrics = self.metrics
+        commits = CommitQueue(store, max_batch=cfg.max_ops_per_commit, observer=metrics)
         registry = RoomRegistry(cfg, store, commits, components=ROOM_COMPONENTS,
-                                wall_clock=self.wall_clock)
+                                wall_clock=self.wall_clock, metrics=metrics)
         ctx = self._context = AppContext(cfg, self.auth, store, commits, registry, self.timers,
-                                         self.wall_clock)
+                                         self.wall_clock, metrics=metrics)
         service = self._service = BackendService(ctx)
-        self._router = build_router(ctx, service=service, keys=self.api_keys)
+        metrics_route: MetricsEndpoint | None = None
+        if cfg.metrics:
+            collector = ServerCollector(ctx, service, lambda: self._phase)
+            self.metrics_registry = build_registry(collector)
+            metrics_route = MetricsEndpoint(collector, self.metrics_registry,
+                                            self._metrics_keys)
+        self._router = build_router(ctx, service=service, keys=self.api_keys,
+                                    phase=lambda: self._phase, metrics=metrics_route)
         try:
             async with trio.open_nursery() as writer:
                 await writer.start(commits.run)
@@ -303,6 +346,8 @@ class Server:
                             log.info("HTTP API: %d API keys (%s)", len(names), ", ".join(names))
                         else:
                             log.info("HTTP API: no API key configured; /api/ answers 401")
+                        if self._phase == "starting":  # not already asked to stop
+                            self._phase = "serving"
                         task_status.started(self)
                         await self._shutdown.wait()
                         await self._drain(conns)
@@ -311,6 +356,7 @@ class Server:
         finally:
             log.info("storage: %d transactions for %d room commits",
                      commits.transactions, commits.requests)
+            self._phase = "stopped"
             if owns_store:  # a store passed in belongs to the caller
                 with trio.CancelScope(shield=True):
                     await store.close()

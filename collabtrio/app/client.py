@@ -75,6 +75,7 @@ class Client:
     def reply_error(self, ack_id: int | None, err: CollabError, event: str | None,
                     operation_id: str | None = None) -> None:
         """Report ``err`` as the ack, or as an event when no ack was asked for."""
+        self.ctx.metrics.refusal(err.code)
         self.send(replies.error(ack_id, err, event, operation_id))
 
     def confirm(self, ack_id: int | None, result: dict[str, Any]) -> None:

@@ -55,6 +55,7 @@ class SocketIOApp:
         self.config: Config = ctx.config
         self.timers: Timers = ctx.timers
         self.sessions: set[SocketIOSession] = ctx.sessions
+        self.metrics = ctx.metrics
 
     async def connect(self, session: SocketIOSession, auth: Any) -> SocketNamespace:
         """Authenticate a ``CONNECT``; raises :class:`CollabError` to refuse it."""
@@ -83,7 +84,8 @@ class SocketIOApp:
             client.grants = await ctx.store.grants_for(client.identity.user_id)
         except StorageError as exc:
             # roles then come from the token and the default until the next poll
-            log.warning("cannot load grants for %s: %s", client.identity.user_id, exc)
+            log.warning("cannot load grants for %s: %s", client.identity.user_id, exc,
+                        extra={"sid": session.sid, "user": client.identity.user_id})
         ctx.registry.add_user_connection(client)
         ctx.connections_total += 1
         client.schedule_token_expiry()
@@ -114,6 +116,7 @@ class SocketNamespace:
     async def on_event(self, name: str, payload: Any, ack_id: int | None) -> None:
         """Dispatch one event to its handler; answer its refusal or failure."""
         client = self.client
+        self.ctx.metrics.event(name)
         try:
             handler = HANDLERS.get(name)
             if handler is None:
@@ -122,13 +125,15 @@ class SocketNamespace:
         except CollabError as err:
             client.reply_error(ack_id, err, name)
         except Exception:
-            log.exception("event %r from %s failed", name, client.sid)
+            log.exception("event %r from %s failed", name, client.sid,
+                          extra={"sid": client.sid, "user": client.identity.user_id})
             client.reply_error(
                 ack_id, CollabError(ErrorCode.INTERNAL, "internal error; try again"), name
             )
 
     def on_refused(self, ack_id: int | None, err: CollabError, event: str | None) -> None:
         """The transport refused an event (rate, size, framing): answer it."""
+        self.ctx.metrics.event(event)
         self.client.reply_error(ack_id, err, event)
 
     def on_close(self) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ..auth.tokens import Authenticator
 from ..config import Config
+from ..observability.sink import NULL_METRICS, Metrics
 from ..rooms.registry import RoomRegistry
 from ..storage.base import Store
 from ..storage.writer import CommitQueue
@@ -28,7 +29,9 @@ class AppContext:
     ``sessions`` is every live Socket.IO session (connected or still in its
     handshake), maintained by the transport; ``wall_clock`` gives wall-clock time in
     unix seconds (stored timestamps, token expiry), while scheduling uses trio's clock;
-    ``connections_total`` counts the Socket.IO connections accepted so far (for stats).
+    ``connections_total`` counts the Socket.IO connections accepted so far (for stats);
+    ``metrics`` is where the application and the transport count (a
+    :class:`~collabtrio.observability.sink.NullMetrics` when metrics are off).
     """
 
     config: Config
@@ -40,3 +43,4 @@ class AppContext:
     wall_clock: Callable[[], float]
     sessions: set[SocketIOSession] = field(default_factory=set)
     connections_total: int = 0
+    metrics: Metrics = NULL_METRICS

@@ -242,6 +242,7 @@ class BackendService:
                     if conn.close_reason is None and _receives_events(conn):
                         conn.send(out)
                         reached += 1
+                self.ctx.metrics.delivered(reached)
                 entry["open"], entry["delivered"] = reached > 0, reached
                 continue
             caller = registry.offer(target, partial(_publish_cmd, out=out), open_room=False)

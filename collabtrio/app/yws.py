@@ -48,6 +48,7 @@ import trio
 from ..auth.roles import check_join_allowed, resolve_role
 from ..auth.tokens import Identity
 from ..errors import CollabError, ErrorCode
+from ..observability.sink import NULL_METRICS, Metrics
 from ..protocol import yprotocol
 from ..protocol.ids import Role, check_room_id
 from ..protocol.outgoing import Outgoing
@@ -86,8 +87,10 @@ class YWebsocketPeer:
 
     echo_awareness = True
 
-    def __init__(self, ws: ServerWebSocket, identity: Identity) -> None:
+    def __init__(self, ws: ServerWebSocket, identity: Identity,
+                 metrics: Metrics = NULL_METRICS) -> None:
         self.ws = ws
+        self.metrics = metrics
         self._identity = identity
         self._sid = "yws-" + secrets.token_urlsafe(12)
         self._rooms: dict[str, Any] = {}
@@ -126,6 +129,7 @@ class YWebsocketPeer:
         frame = out.yws
         if frame is not None and self._close_reason is None and not self.ws.outbox.push(
                 frame, volatile) and not volatile:
+            self.metrics.slow_consumer()
             self.close(CLOSE_TRY_AGAIN, "slow-consumer")
 
     def emit(self, event: str, payload: Any, volatile: bool = False) -> None:
@@ -150,6 +154,7 @@ class YWebsocketPeer:
     def reply_error(self, ack_id: int | None, err: CollabError, event: str | None,
                     operation_id: str | None = None) -> None:
         """A refusal: the auth message for a forbidden update, else a close."""
+        self.metrics.refusal(err.code)
         if err.code is ErrorCode.EPOCH_MISMATCH:
             self.close(CLOSE_EPOCH_MISMATCH, "epoch mismatch")
         elif err.code is ErrorCode.FORBIDDEN:
@@ -228,7 +233,9 @@ class YWebsocketEndpoint:
                    room_id: str, role: Role, epoch: str | None) -> None:
         ctx = self.ctx
         await ws.accept()
-        peer = YWebsocketPeer(ws, identity)
+        metrics = ctx.metrics
+        peer = YWebsocketPeer(ws, identity, metrics)
+        counted = False
         writer_done = trio.Event()
 
         async def writer() -> None:
@@ -248,6 +255,8 @@ class YWebsocketEndpoint:
                                                 yjs_epoch=epoch))
                     await peer.joined.wait()
                     if peer.close_reason is None:  # joined (a refusal closed it)
+                        metrics.connected("y-websocket")
+                        counted = True
                         await room.mailbox.put(YjsHelloCmd(peer, None))
                         nursery.start_soon(self._pings, peer)
                         if identity.expires_at is not None:
@@ -267,6 +276,10 @@ class YWebsocketEndpoint:
         except Exception:
             log.exception("y-websocket connection failed")
         finally:
+            if counted:
+                metrics.disconnected(peer.close_reason)
+            if ws.outbox.dropped_volatile:
+                metrics.dropped_volatile(ws.outbox.dropped_volatile)
             if ws.outbox.torn:
                 abort_stream(stream)
 
@@ -296,6 +309,7 @@ class YWebsocketEndpoint:
                 if peer.close_reason is not None:
                     return
                 if not bucket.take():
+                    self.ctx.metrics.rate_limit()
                     peer.close(CLOSE_POLICY, "rate limited")
                     return
                 if isinstance(data, str):

@@ -17,6 +17,10 @@ Routes (scope in brackets):
 - ``GET /api/stats``, ``GET /api/rooms``, ``GET /api/rooms/{room}`` [read]
 - ``POST /api/users/{sub}/disconnect`` [admin]
 - ``GET /api/openapi.json`` [any key]
+
+Access log: every request is logged once, at ``info`` on the ``collabtrio.access``
+logger: method, path, status, duration in milliseconds and the key's name (``-``
+when none was recognised), never the secret or the ``Authorization`` header.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+import trio
 from pydantic import BaseModel, ValidationError
 
 from ..app.service import BackendService
@@ -37,6 +42,7 @@ from .auth import ApiKey, ApiKeys
 from .openapi import Route, openapi_document
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("collabtrio.access")
 
 __all__ = ["API_PREFIX", "ROUTES", "STATUS", "ApiHandler", "Call"]
 
@@ -102,9 +108,25 @@ class ApiHandler:
                                 max_body_bytes=self.config.api_max_body_bytes)
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
-        """Answer one request (never raises for a client's mistake)."""
+        """Answer one request (never raises for a client's mistake) and log it."""
+        started = trio.current_time()
+        who: list[str] = []  # the key's name, once recognised (per request)
+        response = await self._answer(request, who)
+        self.service.ctx.metrics.http_request()
+        if access_log.isEnabledFor(logging.INFO):
+            ms = round((trio.current_time() - started) * 1000, 1)
+            key = who[0] if who else "-"
+            access_log.info("%s %s %d %.1f ms key=%s", request.method, request.path,
+                            response.status, ms, key,
+                            extra={"method": request.method, "path": request.path,
+                                   "status": response.status, "duration_ms": ms,
+                                   "key": key})
+        return response
+
+    async def _answer(self, request: HttpRequest, who: list[str]) -> HttpResponse:
         try:
             key = self.keys.authenticate(request.headers.get("authorization"))
+            who.append(key.name)
             route, params = self._route(request)
             if route.scope is not None and not key.allows(route.scope):
                 raise CollabError(ErrorCode.FORBIDDEN,

@@ -27,6 +27,11 @@ with the room). A ``replace`` starts a new timeline: its commit carries a new ep
 installed with the batch. A join whose ``since`` comes with another epoch gets the
 full state, never a replay from another timeline.
 
+Metrics: once a batch has committed and been delivered, the keeper reports its
+operations as acknowledged, with the time from the room handing over each ``op`` and
+``chat`` to then (``field`` writes wait for their debounce by design and are counted
+as flushes instead); the times are taken only when metrics are on.
+
 Closing: :meth:`close` takes everything still pending (fields included) and commits
 it; the room calls it shielded, with a deadline, however the room ends.
 """
@@ -88,6 +93,8 @@ class DocumentKeeper:
         self.queue = host.commits
         self.config = config
         self.wall_clock: Callable[[], float] = host.wall_clock
+        self.metrics = room.metrics
+        self._timed = room.metrics.enabled
         self._install_snapshot(RoomSnapshot())
         self.debouncer = FieldDebouncer(
             config.field_debounce_ms / 1000, config.field_max_hold_ms / 1000
@@ -96,6 +103,9 @@ class DocumentKeeper:
         # only its answer been lost): reload from storage before the next batch
         self._stale = False
         self._inbox: list[DocCommand] = []
+        self._received: list[float] = []  # when each of _inbox came (metrics on)
+        self._batch_received: list[float] = []  # the ops and chats of the batch planned
+        self._batch_flushed = False  # ... and whether it took the pending fields
         self._wakeup = trio.lowlevel.ParkingLot()
         self._space = trio.lowlevel.ParkingLot()
         self._lock = trio.Lock()
@@ -158,6 +168,8 @@ class DocumentKeeper:
     def submit(self, cmd: DocCommand) -> None:
         """Queue a command for the next batch (called by the room task)."""
         self._inbox.append(cmd)
+        if self._timed:
+            self._received.append(trio.current_time())
         self._wakeup.unpark()
 
     def join_reply(self, member: Member, join: Join, reply: dict[str, Any]) -> None:
@@ -205,6 +217,7 @@ class DocumentKeeper:
     def refuse_pending(self, err: CollabError) -> None:
         """Answer every queued command and pending field write with ``err``."""
         commands, self._inbox = self._inbox, []
+        self._received = []
         for cmd in commands:
             cmd.refuse(err)
         for pending in self.debouncer.take_all():
@@ -273,7 +286,8 @@ class DocumentKeeper:
                         fail(refusal)
                     return
                 except StorageError as exc:
-                    log.warning("room %s: commit failed: %s", self.room_id, exc)
+                    log.warning("room %s: commit failed: %s", self.room_id, exc,
+                                extra={"room": self.room_id})
                     self._stale = True
                     for fail in batch.failures:
                         fail(_UNAVAILABLE)
@@ -282,6 +296,11 @@ class DocumentKeeper:
             self._install(batch)
             for deliver in batch.deliveries:
                 deliver()
+            metrics = self.metrics
+            metrics.acknowledged(len(batch.failures), trio.current_time(),
+                                 self._batch_received)
+            if self._batch_flushed:
+                metrics.field_flush()
 
     async def _resync(self) -> bool:
         """Reload the room from storage after a failed commit; False if still down.
@@ -294,7 +313,9 @@ class DocumentKeeper:
             with trio.CancelScope(shield=True):
                 snapshot = await self._load()
         except StorageError as exc:
-            log.warning("room %s: reload failed: %s", self.room_id, exc)
+            log.warning("room %s: reload failed: %s", self.room_id, exc,
+                        extra={"room": self.room_id})
+            self.metrics.storage_error("unavailable")
             self.refuse_pending(_UNAVAILABLE)
             return False
         except Exception:
@@ -319,6 +340,10 @@ class DocumentKeeper:
                       max_document_bytes=self.config.max_document_bytes)
         limit = self.config.max_ops_per_commit
         commands, self._inbox = self._inbox[:limit], self._inbox[limit:]
+        if self._timed:
+            received, self._received = self._received[:limit], self._received[limit:]
+            self._batch_received = [at for cmd, at in zip(commands, received, strict=True)
+                                    if not isinstance(cmd, FieldCmd)]
         self._space.unpark_all()
         now = trio.current_time()
         for cmd in commands:
@@ -333,7 +358,9 @@ class DocumentKeeper:
                 # a bug or an input nobody foresaw costs this command, not the room
                 log.exception("room %s: planning %s failed", self.room_id, type(cmd).__name__)
                 cmd.refuse(_INTERNAL)
+        self._batch_flushed = False
         if self.debouncer.pending and (final or now >= self.debouncer.next_deadline()):
+            self._batch_flushed = True
             for entry in self.debouncer.take_all():
                 batch.plan_field_safely(entry)
         return batch

@@ -18,6 +18,7 @@ import trio
 from ..auth.tokens import Identity
 from ..config import Config
 from ..errors import CollabError, ErrorCode
+from ..observability.sink import NULL_METRICS, Metrics
 from ..storage.base import Store
 from ..storage.writer import CommitQueue
 from .commands import ServerCall, ServerCommand
@@ -30,7 +31,8 @@ class RoomRegistry:
     """All open rooms of one server.
 
     ``components`` builds each room's components, in order (the document keeper;
-    later Yjs). Resource handling: rooms run in the nursery given to :meth:`run`;
+    later Yjs); ``metrics`` is where the rooms count (nothing by default). Resource
+    handling: rooms run in the nursery given to :meth:`run`;
     cancelling it tears every room down (each flushes what it holds, shielded).
     """
 
@@ -42,8 +44,10 @@ class RoomRegistry:
         *,
         components: Sequence[ComponentFactory] = (),
         wall_clock: Callable[[], float] = time.time,
+        metrics: Metrics = NULL_METRICS,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.store = store
         self.commits = commits
         self.components = tuple(components)

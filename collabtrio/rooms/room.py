@@ -45,6 +45,8 @@ import trio
 
 from ..config import Config
 from ..errors import CollabError, ErrorCode
+from ..logs import bind
+from ..observability.sink import Metrics
 from ..protocol.ids import ROLE_RANK
 from ..protocol.outgoing import Outgoing
 from ..storage.base import StorageError, Store
@@ -117,6 +119,7 @@ class RoomHost(Protocol):
     store: Store
     commits: CommitQueue
     wall_clock: Callable[[], float]
+    metrics: Metrics
 
     def wall_ms(self) -> int:
         """Milliseconds since the epoch, from the server's wall clock."""
@@ -138,6 +141,7 @@ class Room:
         self.registry = registry
         cfg = registry.config
         self.config = cfg
+        self.metrics = registry.metrics
         self.mailbox: Mailbox[Command] = Mailbox(cfg.room_inbox_size)
         self.members: dict[Peer, Member] = {}
         self.components: dict[str, RoomComponent] = {}
@@ -175,6 +179,7 @@ class Room:
     async def run(self) -> None:
         """The room task: start the components, serve commands until idle for
         ``room_idle_s`` or cancelled, then flush and tear down."""
+        bind(room=self.id)  # every line this task and its components log names the room
         try:
             with self.cancel_scope:
                 async with trio.open_nursery() as nursery:
@@ -185,6 +190,7 @@ class Room:
                             self._add_component(component)
                     except StorageError as exc:
                         log.warning("room %s: cannot load: %s", self.id, exc)
+                        self.metrics.storage_error("unavailable")
                         self._refuse_waiting(
                             storage_unavailable("storage is unavailable; try joining again"))
                     else:
@@ -382,9 +388,12 @@ class Room:
     def broadcast(self, out: Outgoing, *, exclude: Peer | None = None,
                   volatile: bool = False) -> None:
         """Hand ``out`` to every member but ``exclude`` (room task and components)."""
-        for conn in self.members:
+        members = self.members
+        for conn in members:
             if conn is not exclude:
                 conn.send(out, volatile)
+        # counted once per broadcast, not per member
+        self.metrics.delivered(len(members) - (exclude in members))
 
     # -- presence ------------------------------------------------------------------------
 
@@ -403,6 +412,9 @@ class Room:
             return
         out = Outgoing.event("presence", self.presence())
         version = self._version
+        sent = 0
         for conn in self.members:
             if acked.get(conn) != version:
                 conn.send(out)
+                sent += 1
+        self.metrics.delivered(sent)

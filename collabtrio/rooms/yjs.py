@@ -390,6 +390,8 @@ class YjsComponent:
                 self._relay("yjs-update", cmd.update, cmd.conn, volatile=False)
                 applied.append(cmd)
                 updates.append(cmd.update)
+            if updates:
+                self.room.metrics.yjs_applied(len(updates))
             if not updates and not self._unstored:
                 return True
             pending = self._unstored + updates

@@ -12,6 +12,10 @@ If a merged transaction fails for a reason other than the database being unavail
 rooms), each request is retried alone, so one room's conflict cannot fail the others:
 only the requests of that room get the error. :class:`StorageUnavailable` fails every
 request of the transaction: the database is down for all of them.
+
+Metrics: the writer reports each transaction once, to the sink it was given (its
+duration, failed ones included, and the events and Yjs updates it carried), and each
+failure by kind, through :class:`CommitObserver`; it imports nothing of the metrics.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
-from .base import Changes, StorageError, StorageUnavailable, Store
+from .base import Changes, RoomChanges, SeqConflict, StorageError, StorageUnavailable, Store
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +39,32 @@ class _Request:
     error: BaseException | None = None
 
 
+class CommitObserver(Protocol):
+    """Where the writer reports its transactions (the server's metrics)."""
+
+    enabled: bool
+
+    def committed(self, seconds: float, operations: int) -> None:
+        """One transaction took ``seconds`` and carried ``operations`` changes."""
+
+    def storage_error(self, kind: str) -> None:
+        """A transaction failed: ``unavailable``, ``conflict`` or ``other``."""
+
+
+def _operations(changes: Sequence[Changes]) -> int:
+    # what a transaction carries: each event (op, field, chat) or Yjs update
+    return sum(len(c.history) if isinstance(c, RoomChanges) else len(c.updates)
+               for c in changes)
+
+
 class CommitQueue:
     """The single writer in front of a :class:`Store` (see the module docstring)."""
 
-    def __init__(self, store: Store, *, max_batch: int = 1000) -> None:
+    def __init__(self, store: Store, *, max_batch: int = 1000,
+                 observer: CommitObserver | None = None) -> None:
         self.store = store
         self.max_batch = max_batch
+        self.observer = observer
         self._queue: list[_Request] = []
         self._wakeup = trio.lowlevel.ParkingLot()
         self.transactions = 0
@@ -57,7 +82,7 @@ class CommitQueue:
             # no writer (not started, or stopped): write directly, still one transaction
             self.transactions += 1
             self.requests += 1
-            await self.store.commit(changes)
+            await self._timed_commit(changes)
             return
         request = _Request(changes)
         self._queue.append(request)
@@ -96,7 +121,7 @@ class CommitQueue:
         self.transactions += 1
         self.requests += len(batch)
         try:
-            await self.store.commit(changes)
+            await self._timed_commit(changes)
         except StorageUnavailable as exc:
             for request in batch:
                 request.error = exc
@@ -114,3 +139,24 @@ class CommitQueue:
                 request.error = StorageUnavailable(f"storage error: {exc}")
         for request in batch:
             request.done.set()
+
+    async def _timed_commit(self, changes: Sequence[Changes]) -> None:
+        """``store.commit`` reported to the observer: once per transaction."""
+        observer = self.observer
+        if observer is None or not observer.enabled:
+            await self.store.commit(changes)
+            return
+        started = trio.current_time()
+        try:
+            await self.store.commit(changes)
+        except StorageUnavailable:
+            observer.storage_error("unavailable")
+            raise
+        except SeqConflict:
+            observer.storage_error("conflict")
+            raise
+        except Exception:
+            observer.storage_error("other")
+            raise
+        finally:
+            observer.committed(trio.current_time() - started, _operations(changes))

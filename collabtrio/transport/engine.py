@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import trio
 
 from ..config import Config
+from ..observability.sink import Metrics
 from ..protocol import engineio
 from ..protocol.engineio_session import (
     Closed,
@@ -80,6 +81,8 @@ class EngineHost(Protocol):
 
     config: Config
     timers: Timers
+    metrics: Metrics
+    """Where sessions count slow consumers and dropped volatile messages."""
 
     @property
     def sessions(self) -> set[Any]:
@@ -218,7 +221,8 @@ class EngineIOSession:
         if self.close_reason is not None:
             return None
         limit = self.app.config.outbox_max_bytes
-        log.info("%s: outbound queue past half full (%d of %d bytes)", self.sid, queued, limit)
+        log.info("%s: outbound queue past half full (%d of %d bytes)", self.sid, queued, limit,
+                 extra={"sid": self.sid})
         return Outgoing.event("warning", {
             "code": "SLOW_CONSUMER",
             "message": "outbound queue is over half full; read faster, or this connection "
@@ -236,7 +240,8 @@ class EngineIOSession:
         """Drop what is queued and disconnect: the client recovers with ``join {since}``."""
         if self.close_reason is not None:
             return
-        log.info("disconnecting %s: slow consumer", self.sid)
+        log.info("disconnecting %s: slow consumer", self.sid, extra={"sid": self.sid})
+        self.app.metrics.slow_consumer()
         self.outbox.clear()
         self.emit(
             "error",
@@ -266,7 +271,7 @@ class EngineIOSession:
         if self.close_reason is not None:
             return
         if self.engine.pong_overdue(trio.current_time()):
-            log.info("disconnecting %s: ping timeout", self.sid)
+            log.info("disconnecting %s: ping timeout", self.sid, extra={"sid": self.sid})
             self.close("ping timeout", notify=False)
             return
         next_at = self.engine.next_ping_at()
@@ -393,6 +398,8 @@ class EngineIOSession:
         if self._upgrade_timer is not None:
             self._upgrade_timer.cancel()
         waiting = [item for item in poll.take() if item[0] is not _NOOP]
+        if poll.dropped_volatile:
+            self.app.metrics.dropped_volatile(poll.dropped_volatile)  # the queue goes
         poll.push(_NOOP)
         poll.close()
         self.ws, self.poll, self._probe = ws, None, None
@@ -413,6 +420,9 @@ class EngineIOSession:
         if self.engine.state is not State.CLOSED:
             self.engine.transport_closed(self.close_reason)
         self.app.sessions.discard(self)
+        dropped = self.outbox.dropped_volatile
+        if dropped:
+            self.app.metrics.dropped_volatile(dropped)  # live sessions are read at scrape
         try:
             self._ended()
         finally:
@@ -455,7 +465,7 @@ class EngineIOSession:
         # Pong: recorded by the engine session; Noop: nothing to do
 
     def _protocol_error(self, why: str) -> None:
-        log.info("closing %s: %s", self.sid, why)
+        log.info("closing %s: %s", self.sid, why, extra={"sid": self.sid})
         self.close(f"protocol error: {why}", CLOSE_PROTOCOL_ERROR, notify=False)
 
     # -- what the layer above provides --------------------------------------------------

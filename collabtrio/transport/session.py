@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from ..config import Config
 from ..errors import CollabError, ErrorCode
+from ..observability.sink import Metrics
 from ..protocol import socketio
 from ..protocol.outgoing import Outgoing
 from ..timers import TimerHandle, Timers
@@ -79,6 +80,7 @@ class Application(Protocol):
     config: Config
     timers: Timers
     sessions: set[SocketIOSession]
+    metrics: Metrics
 
     async def connect(self, session: SocketIOSession, auth: Any) -> Namespace:
         """Authenticate a Socket.IO ``CONNECT``; raise :class:`CollabError` to refuse."""
@@ -157,7 +159,8 @@ class SocketIOSession(EngineIOSession):
 
     def _connect_timed_out(self) -> None:
         if not self.connected and self.close_reason is None:
-            log.info("closing %s: no Socket.IO CONNECT in time", self.sid)
+            log.info("closing %s: no Socket.IO CONNECT in time", self.sid,
+                     extra={"sid": self.sid})
             self.close("connect timeout", CLOSE_POLICY, notify=False)
 
     def _high_water_notice(self, queued: int) -> Outgoing | None:
@@ -173,6 +176,7 @@ class SocketIOSession(EngineIOSession):
         self._count_as(_UNCOUNTED)
         namespace, self.namespace = self.namespace, None
         if namespace is not None:
+            self.app.metrics.disconnected(self.close_reason)
             namespace.on_close()
 
     async def _on_data(self, data: str | bytes) -> None:
@@ -234,6 +238,7 @@ class SocketIOSession(EngineIOSession):
         if exc.namespace != "/":
             err = CollabError(ErrorCode.VALIDATION, "unknown namespace")
         elif not self.bucket.take():
+            self.app.metrics.rate_limit()
             err = CollabError(ErrorCode.RATE_LIMITED, "too many events; slow down")
         else:
             size = f"{exc.size}" if exc.complete else f"at least {exc.size}"
@@ -280,7 +285,7 @@ class SocketIOSession(EngineIOSession):
         if not self._count_as(_CONNECTED):
             # taken before authenticating, so concurrent CONNECTs cannot pass the limit;
             # a transport close (not a CONNECT_ERROR) so that stock clients retry later
-            log.info("closing %s: max_connections reached", self.sid)
+            log.info("closing %s: max_connections reached", self.sid, extra={"sid": self.sid})
             self.close("server full", CLOSE_TRY_AGAIN_LATER, notify=False)
             return
         try:
@@ -295,6 +300,7 @@ class SocketIOSession(EngineIOSession):
             return
         self.namespace = namespace
         self._was_connected = True
+        self.app.metrics.connected(self.transport)
         if self._connect_timer is not None:
             self._connect_timer.cancel()
         self.send(Outgoing.socketio("0" + _dumps({"sid": self.sid})))
@@ -306,6 +312,7 @@ class SocketIOSession(EngineIOSession):
         if packet.namespace != "/" or namespace is None:
             return  # a namespace this socket is not connected to: nothing to end
         self.namespace = None
+        self.app.metrics.disconnected("client disconnect")
         namespace.on_close()
         self.sid = new_sid()  # a later CONNECT is a new socket, as in the reference server
         self._count_as(_UNAUTHENTICATED)
@@ -324,6 +331,7 @@ class SocketIOSession(EngineIOSession):
                                  name)
             return
         if not self.bucket.take():
+            self.app.metrics.rate_limit()
             namespace.on_refused(
                 ack_id, CollabError(ErrorCode.RATE_LIMITED, "too many events; slow down"), name
             )
