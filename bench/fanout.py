@@ -1,12 +1,13 @@
-"""Fan-out benchmark: collabtrio against the trio-websocket floor and python-socketio,
-load driven from Node.
+"""Fan-out benchmark: collabtrio against the trio-websocket floor, python-socketio and Node's
+Socket.IO, load driven from Node.
 
 One command runs everything (see bench/README.md)::
 
     bash bench/setup.sh && .venv/bin/python bench/fanout.py
 
 For each target (``floor``: bench/floor_server.py, ``collabtrio``: ``collabtrio serve``,
-``psio``: bench/psio_server.py, python-socketio's AsyncServer under uvicorn) it
+``psio``: bench/psio_server.py, python-socketio's AsyncServer under uvicorn, ``node``:
+bench/sio_node_server.js, the npm ``socket.io`` 4 server on Node's http server) it
 
 1. starts the server pinned to one CPU and waits for its port;
 2. warms it up with one connection that joins and leaves, then samples its RSS;
@@ -17,10 +18,11 @@ For each target (``floor``: bench/floor_server.py, ``collabtrio``: ``collabtrio 
 6. *upgraded* (collabtrio): throughput and latency again with clients on socket.io-client's
    default transports, each one started on long-polling and upgraded to WebSocket before
    the measurement;
-7. *polling* (collabtrio, psio): the latency test with every client on
+7. *polling* (collabtrio, psio, node): the latency test with every client on
    ``transports: ["polling"]``: deliveries, latency, server CPU per delivery.
 
-It prints a table with collabtrio/floor and collabtrio/psio ratios, the upgraded and polling
+It prints a table with collabtrio/floor, collabtrio/psio and collabtrio/node ratios, the
+upgraded and polling
 tables, and writes all figures to bench/results/fanout-<timestamp>.json.
 """
 
@@ -55,11 +57,15 @@ ROOT = BENCH.parent
 LOADGEN = BENCH / "loadgen.js"
 FLOOR = BENCH / "floor_server.py"
 PSIO = BENCH / "psio_server.py"
+NODE_SERVER = BENCH / "sio_node_server.js"
 RESULTS = BENCH / "results"
-TARGETS = ("floor", "collabtrio", "psio")
-REFERENCES = ("floor", "psio")  # the table's collabtrio/<reference> ratio columns
-# loadgen.js --target for each server: psio speaks the same events as collabtrio
-LOADGEN_TARGET = {"floor": "floor", "collabtrio": "collabtrio", "psio": "collabtrio"}
+TARGETS = ("floor", "collabtrio", "psio", "node")
+REFERENCES = ("floor", "psio", "node")  # the table's collabtrio/<reference> ratio columns
+# loadgen.js --target for each server: psio and node speak the same events as collabtrio
+LOADGEN_TARGET = {
+    "floor": "floor", "collabtrio": "collabtrio", "psio": "collabtrio", "node": "collabtrio",
+}  # fmt: skip
+STATS_TARGETS = ("psio", "node")  # the servers that answer GET /bench-stats
 
 
 class BenchError(RuntimeError):
@@ -432,9 +438,10 @@ def check_transports(result: dict[str, Any], transports: str, clients: int) -> s
     return None
 
 
-def psio_stats(server: Server) -> dict[str, Any] | None:
-    """bench/psio_server.py's session counts by transport (GET /bench-stats), or None."""
-    if server.target != "psio":
+def bench_stats(server: Server) -> dict[str, Any] | None:
+    """A peer's session counts by transport (GET /bench-stats on bench/psio_server.py and
+    bench/sio_node_server.js), or None."""
+    if server.target not in STATS_TARGETS:
         return None
     url = f"http://127.0.0.1:{server.port}/bench-stats"
     with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=5) as resp:
@@ -527,7 +534,7 @@ def run_latency(
     ) as lg:  # fmt: skip
         lg.read(timeout=120)  # {"phase": "ready"}: everyone joined (and upgraded)
         assert server.proc is not None
-        stats0 = psio_stats(server)
+        stats0 = bench_stats(server)
         srv_wait0 = runqueue_wait_seconds(server.proc.pid)
         node_wait0 = runqueue_wait_seconds(lg.proc.pid)
         cpus0 = percpu_snapshot()
@@ -538,7 +545,7 @@ def run_latency(
         cpus1 = percpu_snapshot()
         srv_wait1 = runqueue_wait_seconds(server.proc.pid)
         node_wait1 = runqueue_wait_seconds(lg.proc.pid)
-        stats1 = psio_stats(server)
+        stats1 = bench_stats(server)
         lg.finish()
     server.check_alive()
     window_figures(result, ctx, t1 - t0, (srv0, srv1), (node0, node1), (cpus0, cpus1),
@@ -591,7 +598,7 @@ def summarize_throughput(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-POLLING_TARGETS = ("collabtrio", "psio")
+POLLING_TARGETS = ("collabtrio", "psio", "node")
 SATURATED_PCT = 90.0  # server CPU % from which the polling CPU-per-delivery goal is moot
 POLLING_HTTP = {
     "raw": "loadgen.js's keep-alive HTTP/1.1 client",
@@ -614,6 +621,8 @@ def server_argv(target: str, port: int, workdir: Path, args: argparse.Namespace)
         return [args.python, str(FLOOR), "--port", str(port)]
     if target == "psio":
         return [args.python, str(PSIO), "--port", str(port), "--ws", args.psio_ws]
+    if target == "node":
+        return [args.node, str(NODE_SERVER), "--port", str(port)]
     return [
         args.collabtrio, "serve", "--port", str(port), "--anonymous",
         "--db", f"sqlite:///{workdir}/bench.db",
@@ -770,7 +779,7 @@ ROWS: list[tuple[str, tuple[str, ...], str, bool]] = [
 ]
 
 
-# the polling scenario (collabtrio and psio)
+# the polling scenario (collabtrio, psio and node)
 POLLING_ROWS: list[tuple[str, tuple[str, ...], str, bool]] = [
     ("deliveries", ("polling", "delivered"), "int", False),
     ("losses", ("polling", "losses"), "int", False),
@@ -921,7 +930,7 @@ def tool_versions(node: str) -> dict[str, Any]:
         versions["node"] = subprocess.run(
             [node, "--version"], capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
-    for pkg in ("socket.io-client", "ws"):
+    for pkg in ("socket.io-client", "ws", "socket.io", "engine.io"):
         with contextlib.suppress(OSError, ValueError):
             meta = json.loads((BENCH / "node_modules" / pkg / "package.json").read_text())
             versions[pkg] = meta.get("version")
@@ -943,14 +952,14 @@ def tool_versions(node: str) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Fan-out benchmark: collabtrio vs a naive trio-websocket relay (the floor) "
-        "and python-socketio (psio).",
+        description="Fan-out benchmark: collabtrio vs a naive trio-websocket relay (the floor), "
+        "python-socketio (psio) and Node's Socket.IO 4 (node).",
     )
     p.add_argument("--only", choices=TARGETS, help="run one target only")
     p.add_argument(
         "--targets",
-        default=",".join(TARGETS),
-        help=f"comma-separated targets to run, in this order (default {','.join(TARGETS)})",
+        help=f"comma-separated targets to run, in this order (default {','.join(TARGETS)}; "
+        "node only when bench/node_modules has socket.io)",
     )
     p.add_argument("--subscribers", type=int, default=100, help="subscribers in the room")
     p.add_argument("--events", type=int, default=2000, help="events per throughput run")
@@ -968,7 +977,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--polling",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="run the polling scenario on collabtrio and psio (default: yes)",
+        help="run the polling scenario on collabtrio, psio and node (default: yes)",
     )
     p.add_argument(
         "--polling-rate", type=int, help="polling scenario events/s (default --latency-rate)"
@@ -1029,6 +1038,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--polling-subscribers must be at least 1")
     if args.only:
         args.targets = args.only
+    if args.targets is None:
+        args.targets = ",".join(t for t in TARGETS if t != "node" or node_server_missing() is None)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [t for t in targets if t not in TARGETS]
     if unknown or not targets or len(set(targets)) != len(targets):
@@ -1048,6 +1059,13 @@ def psio_missing(python: str) -> str | None:
         return str(exc)
     if out.returncode != 0:
         return (out.stderr.strip().splitlines() or ["import failed"])[-1]
+    return None
+
+
+def node_server_missing() -> str | None:
+    """Why bench/sio_node_server.js cannot run (the npm socket.io package is missing), or None."""
+    if not (BENCH / "node_modules" / "socket.io" / "package.json").is_file():
+        return "bench/node_modules/socket.io is missing"
     return None
 
 
@@ -1073,6 +1091,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"the psio target needs python-socketio and uvicorn in {args.python} ({why}): "
                 "run `bash bench/setup.sh` first, or leave it out with --targets floor,collabtrio",
+                file=sys.stderr,
+            )
+            return 2
+    if "node" in args.targets:
+        why = node_server_missing()
+        if why is not None:
+            print(
+                f"the node target needs the npm socket.io package ({why}): run "
+                "`bash bench/setup.sh` first, or leave it out with --targets",
                 file=sys.stderr,
             )
             return 2
@@ -1114,6 +1141,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             results, ("polling", "server_cpu_us_per_delivery"), "psio"
         ),
     }
+    node_ratios = {
+        "throughput": ratio(results, ("throughput", "deliveries_per_s_median"), "node"),
+        "p99_latency": ratio(results, ("latency", "p99_ms"), "node"),
+        "rss_per_idle_conn": ratio(results, ("idle", "rss_per_conn_bytes"), "node"),
+        "server_cpu_us_per_delivery": ratio(
+            results, ("throughput", "server_cpu_us_per_delivery_median"), "node"
+        ),
+        "polling_p50_latency": ratio(results, ("polling", "p50_ms"), "node"),
+        "polling_p99_latency": ratio(results, ("polling", "p99_ms"), "node"),
+        "polling_server_cpu_us_per_delivery": ratio(
+            results, ("polling", "server_cpu_us_per_delivery"), "node"
+        ),
+    }
     upgraded = upgraded_ratios(results.get("collabtrio")) if "collabtrio" in results else {}
     # the issue's goals for polling: no worse than python-socketio's polling
     goals: dict[str, dict[str, Any]] = {}
@@ -1142,6 +1182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": results,
         "ratios_collabtrio_over_floor": ratios,
         "ratios_collabtrio_over_psio": psio_ratios,
+        "ratios_collabtrio_over_node": node_ratios,
         "collabtrio_upgraded_over_direct": upgraded,
         "polling_goals_vs_psio": goals,
     }
@@ -1161,13 +1202,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{name} {value:.2f}x" for name, value in ratios.items() if value is not None
         )
         print(f"\ncollabtrio/floor: {shown or 'n/a'}")
-    if "psio" in results and "collabtrio" in results:
-        shown = ", ".join(
-            f"{name} {value:.2f}x"
-            for name, value in psio_ratios.items()
-            if value is not None and not name.startswith("polling_")
-        )
-        print(f"collabtrio/psio: {shown or 'n/a'}")
+    for ref, ref_ratios in (("psio", psio_ratios), ("node", node_ratios)):
+        if ref in results and "collabtrio" in results:
+            shown = ", ".join(
+                f"{name} {value:.2f}x"
+                for name, value in ref_ratios.items()
+                if value is not None and not name.startswith("polling_")
+            )
+            print(f"collabtrio/{ref}: {shown or 'n/a'}")
     col = results.get("collabtrio") or {}
     if "upgraded_throughput" in col or "upgraded_latency" in col:
         print(

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the benchmarks' dependencies:
 #   - the Node load generators' packages (socket.io-client, ws; yjs, y-protocols and lib0 for
-#     bench/yjsgen.mjs) and the Yjs benchmark's Node peer, @y/websocket-server 0.1.1 (the
-#     reference y-websocket server of the yjs 13 line), into bench/node_modules;
+#     bench/yjsgen.mjs), the fan-out benchmark's Node peer, socket.io 4 (bench/sio_node_server.js),
+#     and the Yjs benchmark's Node peer, @y/websocket-server 0.1.1 (the reference y-websocket
+#     server of the yjs 13 line), into bench/node_modules;
 #   - the python-socketio peer (bench/psio_server.py: python-socketio's AsyncServer under
 #     uvicorn, with uvloop, httptools and websockets from uvicorn[standard]) and the Yjs
 #     benchmark's Python peer, pycrdt-websocket 0.16.x (bench/yjs_pycrdt_server.py), into the
@@ -23,6 +24,7 @@ else
 fi
 
 node -e 'require("socket.io-client"); require("ws"); console.log("bench: node deps OK (node " + process.version + ")")'
+node -e 'require("socket.io"); console.log("bench: socket.io " + require("./node_modules/socket.io/package.json").version + " (the node peer)")'
 node --input-type=module -e 'import "yjs"; import "y-protocols/sync"; import "lib0/encoding"; import "@y/websocket-server/utils"; import { readFileSync } from "node:fs"; const v = JSON.parse(readFileSync("node_modules/@y/websocket-server/package.json")).version; console.log("bench: yjs deps OK (@y/websocket-server " + v + ")")'
 
 # The python-socketio peer of the fan-out benchmark (--only psio, the polling scenario).
