@@ -70,6 +70,7 @@ __all__ = [
     "YProtocolError",
     "decode_awareness",
     "decode_message",
+    "decode_state_vector",
     "encode_awareness",
     "encode_message",
     "read_var_bytes",
@@ -367,6 +368,23 @@ def decode_awareness(update: bytes) -> list[AwarenessEntry]:
         entries.append(AwarenessEntry(client_id, clock, state))
     _check_end(update, pos, "the awareness update")
     return entries
+
+
+def decode_state_vector(data: bytes) -> dict[int, int]:
+    """Decode a state vector (``Y.encodeStateVector``, ``pycrdt.Doc.get_state()``) as
+    ``{client id: clock}``. Raises :class:`YProtocolError` on a malformed field or bytes
+    left after the last entry."""
+    data = _bytes(data)
+    count, pos = read_var_uint(data, 0)
+    # an entry takes at least two bytes: rejects a huge count before any work
+    if count > (len(data) - pos) // 2:
+        _fail(f"{count} state vector entries cannot fit in {len(data) - pos} bytes")
+    out: dict[int, int] = {}
+    for _ in range(count):
+        client_id, pos = read_var_uint(data, pos)
+        out[client_id], pos = read_var_uint(data, pos)
+    _check_end(data, pos, "the state vector")
+    return out
 
 
 def encode_awareness(entries: Sequence[AwarenessEntry]) -> bytes:

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import pycrdt
 import pytest
 
-from collabtrio.protocol.yprotocol import read_var_uint
+from collabtrio.protocol.yprotocol import decode_state_vector
 from tests.conftest import ServerProcess
 from tests.faults.conftest import Client, Servers, connected, run, via
 
@@ -41,15 +41,8 @@ HIGH_RATE = ("--rate-limit-per-s", "5000", "--rate-limit-burst", "5000")
 
 
 def state_vector(doc: pycrdt.Doc[Any]) -> dict[int, int]:
-    """``{client id: clock}`` of ``doc`` (decoded ``encodeStateVector``)."""
-    data = doc.get_state()
-    count, pos = read_var_uint(data, 0)
-    out = {}
-    for _ in range(count):
-        client, pos = read_var_uint(data, pos)
-        clock, pos = read_var_uint(data, pos)
-        out[client] = clock
-    return out
+    """``{client id: clock}`` of ``doc``."""
+    return decode_state_vector(doc.get_state())
 
 
 def text_of(doc: pycrdt.Doc[Any]) -> str:

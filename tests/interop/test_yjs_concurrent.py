@@ -27,7 +27,7 @@ from typing import Any
 import pycrdt
 import pytest
 
-from collabtrio.protocol.yprotocol import read_var_uint
+from collabtrio.protocol.yprotocol import decode_state_vector
 from tests.conftest import ServerProcess
 
 from .conftest import Client, clients, run
@@ -43,14 +43,8 @@ TIMEOUT_MS = 20_000
 
 
 def _state_vector(doc: pycrdt.Doc[Any]) -> dict[int, int]:
-    data = doc.get_state()
-    count, pos = read_var_uint(data, 0)
-    out = {}
-    for _ in range(count):
-        client, pos = read_var_uint(data, pos)
-        clock, pos = read_var_uint(data, pos)
-        out[client] = clock
-    return out
+    """``{client id: clock}`` of ``doc``."""
+    return decode_state_vector(doc.get_state())
 
 
 class Typist:

@@ -418,3 +418,19 @@ def test_arbitrary_bytes_into_decode_awareness_raise_only_yprotocolerror(data: b
     except YProtocolError:
         return
     assert yp.decode_awareness(yp.encode_awareness(entries)) == entries
+
+
+def test_decode_state_vector_reads_pycrdt_state() -> None:
+    """pycrdt's state vector decodes to each client's clock (characters inserted)."""
+    import pycrdt
+
+    doc: pycrdt.Doc[object] = pycrdt.Doc(client_id=7)
+    doc.get("text", type=pycrdt.Text).insert(0, "hello")
+    assert yp.decode_state_vector(doc.get_state()) == {7: 5}
+    assert yp.decode_state_vector(pycrdt.Doc().get_state()) == {}
+
+
+@pytest.mark.parametrize("data", [b"\x05\x01", b"\x01\x07\x05\x00", b"\x01\x80"])
+def test_decode_state_vector_rejects(data: bytes) -> None:
+    with pytest.raises(yp.YProtocolError):
+        yp.decode_state_vector(data)
