@@ -416,6 +416,76 @@ def run_idle(ctx: Ctx, server: Server) -> dict[str, Any]:
     return out
 
 
+STORM_SECRET = "fanout-storm-secret-0123456789abcdef"  # HS256 key for the storm's tokens
+
+
+def run_storm(ctx: Ctx, server: Server) -> dict[str, Any]:
+    """Connect storm: C clients, each WebSocket + CONNECT with a JWT + join, all at once; the
+    server's CPU from the first connect to the last join ack (and the presence that follows)."""
+    a = ctx.args
+    with ctx.loadgen(
+        server.target, server.port, "storm", "--wait-go",
+        "--connections", str(a.storm_connections), "--rooms", str(a.storm_rooms),
+        "--jwt-secret", STORM_SECRET, "--connect-timeout", str(a.storm_timeout),
+    ) as lg:  # fmt: skip
+        lg.read(timeout=120)  # {"phase": "ready"}: tokens signed
+        assert server.proc is not None
+        srv_wait0 = runqueue_wait_seconds(server.proc.pid)
+        cpus0 = percpu_snapshot()
+        srv0, node0, t0 = server.cpu_seconds(), lg.cpu_seconds(), time.perf_counter()
+        rss0 = server.rss()
+        lg.send_line("go")
+        result = lg.read(timeout=a.storm_timeout + 60)
+        srv1, node1, t1 = server.cpu_seconds(), lg.cpu_seconds(), time.perf_counter()
+        cpus1 = percpu_snapshot()
+        srv_wait1 = runqueue_wait_seconds(server.proc.pid)
+        rss1 = server.rss()
+        lg.finish()
+    server.check_alive()
+    if "error" in result:
+        raise BenchError(f"storm: {result['error']}")
+    conns = int(result["connections"])
+    srv_cpu = srv1 - srv0
+    result.update(
+        {
+            "window_s": t1 - t0,
+            "server_cpu_s": srv_cpu,
+            "server_cpu_ms_per_connect": 1e3 * srv_cpu / conns,
+            "node_cpu_s_psutil": node1 - node0,
+            "server_cpu_breakdown_pct": cpu_breakdown(cpus0, cpus1, ctx.pin.server_cpu),
+            "loadgen_cpu_breakdown_pct": cpu_breakdown(cpus0, cpus1, ctx.pin.loadgen_cpu),
+            "rss_growth_bytes": rss1 - rss0,
+        }
+    )
+    if srv_wait0 is not None and srv_wait1 is not None:
+        result["server_runqueue_wait_pct"] = 100.0 * (srv_wait1 - srv_wait0) / (t1 - t0)
+    if result.get("still_open") != conns:
+        result["warning"] = f"only {result.get('still_open')} of {conns} were open at the end"
+    return result
+
+
+def summarize_storms(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the storm runs."""
+
+    def med(*path: str) -> float | None:
+        values = [v for r in runs if isinstance(v := _get(r, *path), int | float)]
+        return statistics.median(values) if values else None
+
+    return {
+        "runs": len(runs),
+        "connections": runs[0]["connections"] if runs else None,
+        "rooms": runs[0]["rooms"] if runs else None,
+        "storm_ms_median": med("storm_ms"),
+        "storm_ms_all": [r.get("storm_ms") for r in runs],
+        "connects_per_s_median": med("connects_per_s"),
+        "time_to_joined_p50_ms_median": med("time_to_joined", "p50_ms"),
+        "time_to_joined_p99_ms_median": med("time_to_joined", "p99_ms"),
+        "server_cpu_ms_per_connect_median": med("server_cpu_ms_per_connect"),
+        "presence_events_total_median": med("presence_events_total"),
+        "presence_complete_ms_median": med("presence_complete_ms"),
+    }
+
+
 def transport_args(ctx: Ctx, transports: str) -> list[str]:
     """loadgen.js options for clients on ``transports`` (websocket: none, as before)."""
     if transports == "websocket":
@@ -617,14 +687,22 @@ def polling_load(args: argparse.Namespace) -> tuple[int, float, int]:
 
 
 def server_argv(target: str, port: int, workdir: Path, args: argparse.Namespace) -> list[str]:
+    # every server checks the storm's tokens; the other scenarios' clients send none
     if target == "floor":
-        return [args.python, str(FLOOR), "--port", str(port)]
+        return [args.python, str(FLOOR), "--port", str(port), "--jwt-secret", STORM_SECRET]
     if target == "psio":
-        return [args.python, str(PSIO), "--port", str(port), "--ws", args.psio_ws]
+        return [args.python, str(PSIO), "--port", str(port), "--ws", args.psio_ws,
+                "--jwt-secret", STORM_SECRET]  # fmt: skip
     if target == "node":
-        return [args.node, str(NODE_SERVER), "--port", str(port)]
+        return [args.node, str(NODE_SERVER), "--port", str(port), "--jwt-secret", STORM_SECRET]
     return [
         args.collabtrio, "serve", "--port", str(port), "--anonymous",
+        "--auth-secret", STORM_SECRET,
+        # the storm's clients all come from 127.0.0.1: its sessions before CONNECT are
+        # allowed past the per-address default (100), as behind a proxy
+        "--max-unauthenticated", str(max(1000, args.storm_connections)),
+        "--max-unauthenticated-per-address", str(max(100, args.storm_connections)),
+        "--max-connections", str(max(10000, args.storm_connections + 1000)),
         "--db", f"sqlite:///{workdir}/bench.db",
         "--rate-limit-per-s", "100000", "--rate-limit-burst", "100000",
     ]  # fmt: skip
@@ -648,6 +726,22 @@ def run_target(ctx: Ctx, target: str) -> dict[str, Any]:
         step(f"{target}: idle, {a.idle_connections} connections over {a.idle_rooms} rooms")
         out["idle"] = run_idle(ctx, server)
         time.sleep(1.0)  # let the server reap the idle connections
+        if a.storm:
+            storms = []
+            for i in range(a.repeat):
+                step(f"{target}: connect storm {i + 1}/{a.repeat}, {a.storm_connections} "
+                     f"clients (JWT) over {a.storm_rooms} rooms, all at once")  # fmt: skip
+                storms.append(run_storm(ctx, server))
+                st = storms[-1]
+                step(
+                    f"  {st['storm_ms']:,.0f} ms ({st['connects_per_s']:,}/s), server CPU "
+                    f"{st['server_cpu_ms_per_connect']:.2f} ms/connect, presence events "
+                    f"{st.get('presence_events_total')}, all complete at "
+                    f"{st.get('presence_complete_ms')} ms"
+                )
+                time.sleep(1.5)  # let the server reap the storm's connections
+            out["storm_runs"] = storms
+            out["storm"] = summarize_storms(storms)
         runs = []
         for i in range(a.repeat):
             step(f"{target}: throughput run {i + 1}/{a.repeat}")
@@ -776,6 +870,13 @@ ROWS: list[tuple[str, tuple[str, ...], str, bool]] = [
     ("RSS before connections MiB", ("idle", "rss_before_bytes"), "mib", False),
     ("RSS with idle conns MiB", ("idle", "rss_idle_bytes"), "mib", False),
     ("RSS per idle conn KiB", ("idle", "rss_per_conn_bytes"), "kib", True),
+    ("connect storm ms (median)", ("storm", "storm_ms_median"), "int", True),
+    ("connect storm connects/s", ("storm", "connects_per_s_median"), "int", True),
+    ("storm: time to joined p50 ms", ("storm", "time_to_joined_p50_ms_median"), "ms", True),
+    ("storm: time to joined p99 ms", ("storm", "time_to_joined_p99_ms_median"), "ms", True),
+    ("storm: server CPU ms/connect", ("storm", "server_cpu_ms_per_connect_median"), "f2", True),
+    ("storm: presence events received", ("storm", "presence_events_total_median"), "int", False),
+    ("storm: presence complete ms", ("storm", "presence_complete_ms_median"), "int", False),
 ]
 
 
@@ -1018,6 +1119,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-connections", type=int, default=1000)
     p.add_argument("--idle-rooms", type=int, default=100)
     p.add_argument("--idle-settle", type=float, default=2.0, help="s before sampling idle RSS")
+    p.add_argument(
+        "--storm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the connect storm (default: yes), --repeat times",
+    )
+    p.add_argument("--storm-connections", type=int, default=1000)
+    p.add_argument("--storm-rooms", type=int, default=10)
+    p.add_argument("--storm-timeout", type=float, default=60.0, help="per client, s")
     p.add_argument("--startup-timeout", type=float, default=30.0)
     p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     p.add_argument(
@@ -1031,7 +1141,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--node", default=shutil.which("node") or "node")
     p.add_argument("--output", type=Path, help="results file (default bench/results/fanout-*.json)")
     args = p.parse_args(argv)
-    for name in ("subscribers", "events", "repeat", "idle_connections", "idle_rooms"):
+    for name in ("subscribers", "events", "repeat", "idle_connections", "idle_rooms",
+                 "storm_connections", "storm_rooms"):  # fmt: skip
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.polling_subscribers is not None and args.polling_subscribers < 1:
@@ -1148,6 +1259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server_cpu_us_per_delivery": ratio(
             results, ("throughput", "server_cpu_us_per_delivery_median"), "node"
         ),
+        "steady_server_cpu_us_per_delivery": ratio(
+            results, ("latency", "server_cpu_us_per_delivery"), "node"
+        ),
+        "p50_latency": ratio(results, ("latency", "p50_ms"), "node"),
+        "connect_storm_ms": ratio(results, ("storm", "storm_ms_median"), "node"),
         "polling_p50_latency": ratio(results, ("polling", "p50_ms"), "node"),
         "polling_p99_latency": ratio(results, ("polling", "p99_ms"), "node"),
         "polling_server_cpu_us_per_delivery": ratio(
@@ -1310,6 +1426,9 @@ def _warnings(res: dict[str, Any]) -> list[str]:
                 f"the server spent {wait:.0f}% of the {what} run waiting for its CPU: another "
                 "process shares it"
             )
+    for run in res.get("storm_runs") or []:
+        if "warning" in run:
+            warnings.append(f"storm: {run['warning']}")
     idle = res.get("idle") or {}
     if "warning" in idle:
         warnings.append(idle["warning"])

@@ -8,6 +8,10 @@ Protocol, text frames only:
 * every later text message is relayed, byte-for-byte, to every *other* member
   of that room (never echoed to the sender).
 
+With ``--jwt-secret``, a join frame that carries ``"token"`` is checked as collabtrio
+checks a token (an HS256 JWT, PyJWT); a bad one closes the connection with 1008. So the
+connect storm costs the floor a handshake, a JWT check and a join.
+
 The relay is deliberately naive: inside the sending client's handler it calls
 ``await ws.send_message(text)`` once per recipient, sequentially.  Whatever
 collabtrio costs on top of this is protocol, bookkeeping and scheduling -- the
@@ -24,11 +28,13 @@ import argparse
 import json
 import sys
 
+import jwt
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 # room name -> members.  Only ever touched from trio tasks of one thread.
 ROOMS: dict[str, set[WebSocketConnection]] = {}
+JWT_SECRET = ""
 
 
 async def _relay(room: str, sender: WebSocketConnection, text: str) -> None:
@@ -57,6 +63,14 @@ async def handler(request: WebSocketRequest) -> None:
         except (ValueError, TypeError, KeyError):
             await ws.aclose(code=1008, reason='first message must be {"join": "<room>"}')
             return
+        token = hello.get("token")
+        if JWT_SECRET and token:
+            try:
+                jwt.decode(token, JWT_SECRET, algorithms=["HS256"])
+            except jwt.InvalidTokenError:
+                room = None
+                await ws.aclose(code=1008, reason="invalid token")
+                return
         ROOMS.setdefault(room, set()).add(ws)
         await ws.send_message(json.dumps({"joined": room}))
         while True:
@@ -84,7 +98,10 @@ def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--jwt-secret", default="", help="check a join frame's token (HS256)")
     args = parser.parse_args(argv)
+    global JWT_SECRET
+    JWT_SECRET = args.jwt_secret
     try:
         trio.run(main, args.host, args.port)
     except KeyboardInterrupt:

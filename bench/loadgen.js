@@ -11,6 +11,15 @@
 //               and subscribers live in this process).
 //   idle        C connections over R rooms, all joined; prints {"phase":"ready",...} and holds
 //               them until stdin closes or SIGINT/SIGTERM, then prints the result line.
+//   storm       a connect storm: C clients over R rooms (client i in room i % R), each doing
+//               the WebSocket handshake, the Socket.IO CONNECT (with a JWT in `auth.token`
+//               when --jwt-secret is given) and a `join` with ack, all opened at once (or
+//               --connect-concurrency at a time); reports the time until the last join was
+//               acknowledged (connects/s), each client's time to joined (percentiles), and
+//               the `presence` events the clients received: in all, and the time until
+//               every client's latest one listed its whole room (collabtrio; the peers send
+//               none). Tokens are signed before the clock starts; with --wait-go the storm
+//               starts on a line on stdin.
 //
 // --latency-trace FILE (latency mode) writes one CSV line per event: seq, when it was sent and
 // its slowest delivery, to look for periodic stalls.
@@ -26,7 +35,8 @@
 //               which implements the same two events.
 //   floor       the `ws` package against bench/floor_server.py: first frame {"join": room}, the
 //               server answers {"joined": room}; then frames {"room", "event": "tick", "data"}
-//               that the floor relays verbatim.
+//               that the floor relays verbatim. With --jwt-secret the join frame carries
+//               {"join": room, "token": jwt}.
 //
 // --transports (collabtrio target; subscribers and publisher alike):
 //   websocket   transports: ["websocket"] (the default): straight to WebSocket, no polling.
@@ -79,10 +89,12 @@ function parseArgs(argv) {
     transports: "websocket",
     keepAlive: false,
     pollingHttp: "xhr",
+    jwtSecret: "",
+    settleTimeout: 30,
   };
   const numeric = new Set([
     "subscribers", "events", "payloadBytes", "rate", "duration", "connections", "rooms",
-    "timeout", "connectConcurrency", "connectTimeout",
+    "timeout", "connectConcurrency", "connectTimeout", "settleTimeout",
   ]);
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -99,8 +111,8 @@ function parseArgs(argv) {
     if (numeric.has(key) && !Number.isFinite(opts[key])) throw new Error(`${arg}: not a number`);
   }
   if (!["collabtrio", "floor"].includes(opts.target)) throw new Error("--target collabtrio|floor");
-  if (!["throughput", "latency", "idle"].includes(opts.mode)) {
-    throw new Error("--mode throughput|latency|idle");
+  if (!["throughput", "latency", "idle", "storm"].includes(opts.mode)) {
+    throw new Error("--mode throughput|latency|idle|storm");
   }
   if (!opts.url) throw new Error("--url http://127.0.0.1:PORT is required");
   if (!(opts.transports in TRANSPORTS)) throw new Error("--transports websocket|polling|default");
@@ -295,13 +307,16 @@ function rawPollingTransport() {
 }
 
 class CollabtrioClient {
-  constructor(url, room, transports = "websocket", keepAlive = false, pollingHttp = "xhr") {
+  constructor(url, room, transports = "websocket", keepAlive = false, pollingHttp = "xhr", token = null) {
     const { io } = require("socket.io-client");
     this.room = room;
     this.onTick = null;
     this.onClose = null;
+    this.onPresence = null;
+    this.onJoined = null;
     this.closed = false;
     const ioOpts = { forceNew: true, reconnection: false };
+    if (token) ioOpts.auth = { token };
     if (TRANSPORTS[transports]) ioOpts.transports = TRANSPORTS[transports];
     if (pollingHttp === "raw" && transports !== "websocket") {
       // as implementations rather than names (engine.io-client takes one or the other)
@@ -330,6 +345,9 @@ class CollabtrioClient {
     this.socket.on("broadcast", (msg) => {
       if (this.onTick && msg && msg.event === "tick") this.onTick(msg.data);
     });
+    this.socket.on("presence", (msg) => {
+      if (this.onPresence) this.onPresence(msg);
+    });
     this.socket.on("disconnect", (reason) => {
       this.closed = true;
       if (this.onClose) this.onClose(reason);
@@ -338,7 +356,12 @@ class CollabtrioClient {
       this.socket.once("connect_error", (err) => reject(new Error(`connect_error: ${err.message}`)));
       this.socket.once("connect", () => {
         this.socket.emit("join", { room }, (ack) => {
-          if (ack && ack.ok) resolve();
+          if (ack && ack.ok) {
+            this.joinAck = ack;
+            // at once, not in a .then: frames read in one chunk are handled back to back
+            if (this.onJoined) this.onJoined(ack);
+            resolve();
+          }
           else reject(new Error(`join refused: ${JSON.stringify(ack)}`));
         });
       });
@@ -365,16 +388,18 @@ class CollabtrioClient {
 }
 
 class FloorClient {
-  constructor(url, room) {
+  constructor(url, room, token = null) {
     const WebSocket = require("ws");
     this.room = room;
     this.onTick = null;
     this.onClose = null;
+    this.onPresence = null;
     this.closed = false;
     this.ws = new WebSocket(url.replace(/^http/, "ws"), { perMessageDeflate: false });
+    const hello = token ? { join: room, token } : { join: room };
     this.ready = new Promise((resolve, reject) => {
       let joined = false;
-      this.ws.on("open", () => this.ws.send(JSON.stringify({ join: room })));
+      this.ws.on("open", () => this.ws.send(JSON.stringify(hello)));
       this.ws.on("error", (err) => {
         if (!joined) reject(err);
       });
@@ -413,26 +438,29 @@ class FloorClient {
   }
 }
 
-function makeClient(opts, room) {
+function makeClient(opts, room, token = null) {
   return opts.target === "collabtrio"
-    ? new CollabtrioClient(opts.url, room, opts.transports, opts.keepAlive, opts.pollingHttp)
-    : new FloorClient(opts.url, room);
+    ? new CollabtrioClient(opts.url, room, opts.transports, opts.keepAlive, opts.pollingHttp, token)
+    : new FloorClient(opts.url, room, token);
 }
 
-// Open `rooms.length` clients (one per entry, joined to that room), `concurrency` at a time.
-async function openClients(opts, rooms) {
+// Open `rooms.length` clients (one per entry, joined to that room), `concurrency` at a time;
+// tokens[i], if given, is client i's JWT; onCreated(i, client) runs as each client is made.
+async function openClients(opts, rooms, concurrency = opts.connectConcurrency, tokens = null,
+  onCreated = null) {
   const clients = new Array(rooms.length);
   let next = 0;
   async function worker() {
     while (next < rooms.length) {
       const i = next++;
-      const client = makeClient(opts, rooms[i]);
+      const client = makeClient(opts, rooms[i], tokens ? tokens[i] : null);
       clients[i] = client;
+      if (onCreated) onCreated(i, client);
       await withTimeout(client.ready, opts.connectTimeout, `client ${i} join ${rooms[i]}`);
     }
   }
   const workers = [];
-  for (let w = 0; w < Math.min(opts.connectConcurrency, rooms.length); w++) workers.push(worker());
+  for (let w = 0; w < Math.min(concurrency, rooms.length); w++) workers.push(worker());
   try {
     await Promise.all(workers);
   } catch (err) {
@@ -737,6 +765,89 @@ async function idle(opts) {
   return { result, clients };
 }
 
+
+// An HS256 JWT for user `sub`, signed with jsonwebtoken (what a Node back end would use).
+function signToken(secret, sub) {
+  const jwt = require("jsonwebtoken");
+  return jwt.sign({ sub, name: `Storm ${sub}` }, secret, { algorithm: "HS256", expiresIn: 3600 });
+}
+
+async function storm(opts) {
+  const C = opts.connections;
+  const R = opts.rooms;
+  const rooms = Array.from({ length: C }, (_, i) => `${opts.room}-storm-${i % R}`);
+  const perRoom = rooms.reduce((m, r) => m.set(r, (m.get(r) || 0) + 1), new Map());
+  const tokens = opts.jwtSecret ? rooms.map((_, i) => signToken(opts.jwtSecret, `storm-user-${i}`)) : null;
+  // the storm's default is everyone at once; --connect-concurrency N (< C) limits it
+  const concurrency = opts.connectConcurrency >= 1 && opts.connectConcurrency < C
+    && process.argv.includes("--connect-concurrency") ? opts.connectConcurrency : C;
+  await waitForGo(opts, { mode: "storm", connections: C, rooms: R });
+
+  const joinedAt = new Float64Array(C);
+  let presenceEvents = 0;
+  let complete = 0; // clients whose latest presence (or join ack) lists their whole room
+  const isComplete = new Uint8Array(C);
+  let lastComplete = 0;
+  const note = (i, count) => {
+    const full = count === perRoom.get(rooms[i]) ? 1 : 0;
+    if (full !== isComplete[i]) {
+      complete += full ? 1 : -1;
+      isComplete[i] = full;
+    }
+    if (complete === C) lastComplete = performance.now();
+  };
+  const start = performance.now();
+  const created = new Float64Array(C);
+  const clients = await openClients(opts, rooms, concurrency, tokens, (i, client) => {
+    created[i] = performance.now();
+    client.onPresence = (msg) => {
+      presenceEvents++;
+      if (msg && typeof msg.connections === "number") note(i, msg.connections);
+    };
+    client.onJoined = (ack) => {
+      joinedAt[i] = performance.now();
+      const p = ack.presence;
+      if (p && typeof p.connections === "number") note(i, p.connections);
+    };
+    if (!(client instanceof CollabtrioClient)) {
+      client.ready.then(() => { joinedAt[i] = performance.now(); }, () => {});
+    }
+  });
+  const end = performance.now();
+  const stormMs = end - start;
+  const presenceAtJoined = presenceEvents;
+  // collabtrio sends presence: wait (bounded) until every client's latest lists its whole room
+  const hasPresence = clients.some((c) => c.joinAck && c.joinAck.presence);
+  if (hasPresence && complete !== C) {
+    const deadline = performance.now() + opts.settleTimeout * 1000;
+    while (complete !== C && performance.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+  // and a quiet spell, to count presence events still on their way
+  if (hasPresence) await new Promise((r) => setTimeout(r, 300));
+  const times = Array.from(joinedAt, (t, i) => t - created[i]).sort((a, b) => a - b);
+  const result = {
+    mode: "storm",
+    target: opts.target,
+    connections: C,
+    rooms: R,
+    concurrency,
+    jwt: Boolean(tokens),
+    storm_ms: Math.round(stormMs * 10) / 10,
+    connects_per_s: Math.round(C / (stormMs / 1000)),
+    time_to_joined: summarize(times),
+    presence_events_at_all_joined: presenceAtJoined,
+    presence_events_total: hasPresence ? presenceEvents : null,
+    presence_complete_ms: hasPresence
+      ? (complete === C ? Math.round((lastComplete - start) * 10) / 10 : null)
+      : null,
+    presence_incomplete_clients: hasPresence ? C - complete : null,
+    still_open: clients.filter((c) => !c.closed).length,
+  };
+  return { result, clients };
+}
+
 // ---------------------------------------------------------------------------------------------
 
 async function main() {
@@ -747,7 +858,7 @@ async function main() {
     log(err.message);
     process.exit(2);
   }
-  const modes = { throughput, latency, idle };
+  const modes = { throughput, latency, idle, storm };
   try {
     // Each mode returns its result and its still-open clients; they are closed only after the
     // result line is out, so a driver's measurement window does not include the disconnects.

@@ -11,8 +11,11 @@ so the load generator's ``--target collabtrio`` mode runs against it unchanged:
   in the room gets nothing relayed (an ack, if asked for, says ``NOT_JOINED``).
 
 Every connection gets an anonymous identity at connect time, like ``collabtrio serve
---anonymous``. No auth, storage or rate limiting: this is python-socketio's own cost for the
-same fan-out, the peer collabtrio is compared with.
+--anonymous``. No storage or rate limiting: this is python-socketio's own cost for the
+same fan-out, the peer collabtrio is compared with. With ``--jwt-secret``, a connection that
+sends ``auth.token`` in its CONNECT is checked as collabtrio checks it (an HS256 JWT, verified
+with PyJWT in the ``connect`` handler; a bad token is refused with a connect_error) and gets
+the token's ``sub`` and ``name``; one without a token stays anonymous.
 
 Settings, chosen for a like-for-like comparison with ``collabtrio serve``: one process, one
 event loop (uvloop when installed), httptools for HTTP/1.1 when installed, the
@@ -49,11 +52,14 @@ from typing import Any
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"websockets(\.|$)")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"uvicorn\.")
 
+import jwt  # noqa: E402
 import socketio  # type: ignore[import-untyped, unused-ignore]  # noqa: E402
 import uvicorn  # noqa: E402
 
 
-def build_app(cors: str | list[str], ping_interval: float, ping_timeout: float) -> Any:
+def build_app(
+    cors: str | list[str], ping_interval: float, ping_timeout: float, jwt_secret: str = ""
+) -> Any:
     # tries to match collabtrio's settings; see the module docstring
     sio = socketio.AsyncServer(
         async_mode="asgi",
@@ -70,8 +76,20 @@ def build_app(cors: str | list[str], ping_interval: float, ping_timeout: float) 
 
     @sio.event  # type: ignore[misc, untyped-decorator, unused-ignore]
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        suffix = secrets.token_hex(6)
-        identities[sid] = (f"anon-{suffix}", f"Anonymous {suffix[:6]}")
+        token = auth.get("token") if isinstance(auth, dict) else None
+        if jwt_secret and token:
+            try:
+                claims = jwt.decode(token, jwt_secret, algorithms=["HS256"])
+            except jwt.InvalidTokenError as exc:
+                raise socketio.exceptions.ConnectionRefusedError("invalid token") from exc
+            sub = claims.get("sub")
+            if not isinstance(sub, str):
+                raise socketio.exceptions.ConnectionRefusedError("invalid token")
+            name = claims.get("name")
+            identities[sid] = (sub, name if isinstance(name, str) else sub)
+        else:
+            suffix = secrets.token_hex(6)
+            identities[sid] = (f"anon-{suffix}", f"Anonymous {suffix[:6]}")
         transport = sio.transport(sid)
         connected_on[transport] = connected_on.get(transport, 0) + 1
 
@@ -166,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         default=1000,
         help="python-engineio's Payload.max_decode_packets (its default is 16)",
     )
+    p.add_argument("--jwt-secret", default="", help="check CONNECT auth.token as an HS256 JWT")
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
     from engineio.payload import Payload  # type: ignore[import-untyped, unused-ignore]
@@ -175,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         "*" if args.cors_origins.strip() == "*"
         else [o.strip() for o in args.cors_origins.split(",") if o.strip()]
     )  # fmt: skip
-    app = build_app(cors, args.ping_interval_ms / 1000, args.ping_timeout_ms / 1000)
+    app = build_app(
+        cors, args.ping_interval_ms / 1000, args.ping_timeout_ms / 1000, args.jwt_secret
+    )
     loop = "uvloop" if _available("uvloop") else "asyncio"
     http = "httptools" if _available("httptools") else "h11"
     info = {

@@ -11,8 +11,12 @@
 //   the room gets nothing relayed (an ack, if asked for, says NOT_JOINED).
 //
 // Every connection gets an anonymous identity at connect time, like `collabtrio serve
-// --anonymous`. No auth, storage or rate limiting: this is Socket.IO's own cost for the same
-// fan-out.
+// --anonymous`. No storage or rate limiting: this is Socket.IO's own cost for the same
+// fan-out. With --jwt-secret, a connection that sends `auth.token` in its CONNECT is checked
+// as collabtrio checks it (an HS256 JWT, verified with the `jsonwebtoken` package in a
+// Socket.IO middleware; a bad token is refused with a connect_error) and gets the token's
+// `sub` and `name`; one without a token stays anonymous, like `collabtrio serve --anonymous
+// --auth-secret`.
 //
 // Settings, as psio_server.py's (chosen for a like-for-like comparison with `collabtrio
 // serve`): one process, one event loop, Engine.IO pingInterval / pingTimeout 25 s / 20 s,
@@ -26,6 +30,7 @@
 //
 // Usage (after `bash bench/setup.sh`):
 //   node bench/sio_node_server.js --port 9300 [--host 127.0.0.1] [--cors-origins '*']
+//                                 [--jwt-secret SECRET]
 
 "use strict";
 
@@ -52,6 +57,7 @@ function parseArgs(argv) {
     corsOrigins: "*",
     pingIntervalMs: 25000,
     pingTimeoutMs: 20000,
+    jwtSecret: "",
   };
   for (let i = 0; i < argv.length; i++) {
     const name = argv[i];
@@ -63,6 +69,7 @@ function parseArgs(argv) {
       case "--cors-origins": opts.corsOrigins = value; break;
       case "--ping-interval-ms": opts.pingIntervalMs = Number(value); break;
       case "--ping-timeout-ms": opts.pingTimeoutMs = Number(value); break;
+      case "--jwt-secret": opts.jwtSecret = value; break;
       default: throw new Error(`unknown option ${name}`);
     }
     i++;
@@ -126,10 +133,30 @@ function main() {
     serveClient: false,
   });
 
+  if (opts.jwtSecret) {
+    const jwt = require("jsonwebtoken");
+    io.use((socket, next) => {
+      const token = socket.handshake.auth && socket.handshake.auth.token;
+      if (!token) return next();
+      jwt.verify(token, opts.jwtSecret, { algorithms: ["HS256"] }, (err, claims) => {
+        if (err || !claims || typeof claims.sub !== "string") {
+          const refusal = new Error("invalid token");
+          refusal.data = { code: "AUTH_INVALID" };
+          return next(refusal);
+        }
+        socket.data.userId = claims.sub;
+        socket.data.userName = typeof claims.name === "string" ? claims.name : claims.sub;
+        next();
+      });
+    });
+  }
+
   io.on("connection", (socket) => {
-    const suffix = crypto.randomBytes(6).toString("hex");
-    socket.data.userId = `anon-${suffix}`;
-    socket.data.userName = `Anonymous ${suffix.slice(0, 6)}`;
+    if (!socket.data.userId) {
+      const suffix = crypto.randomBytes(6).toString("hex");
+      socket.data.userId = `anon-${suffix}`;
+      socket.data.userName = `Anonymous ${suffix.slice(0, 6)}`;
+    }
     const transport = socket.conn.transport.name;
     connectedOn[transport] = (connectedOn[transport] || 0) + 1;
 
@@ -174,6 +201,7 @@ function main() {
       "engine.io": version("engine.io"),
       ws: version("ws"),
       node: process.version,
+      jsonwebtoken: opts.jwtSecret ? version("jsonwebtoken") : null,
       ws_per_message_deflate: false,
       http_compression: false,
     };

@@ -232,6 +232,13 @@ class Config:
         group="operations",
     )
     room_idle_s: float = _f(30.0, "A room with no members closes after this many seconds.")
+    presence_interval_ms: int = _f(
+        50,
+        "A room broadcasts presence at once when its membership changes, then at most once "
+        "per this many milliseconds while it keeps changing (a join storm), times members "
+        "/ 10 past 10 members (100 members: 10 times); 0: after every batch of commands. "
+        "Each join's ack lists the members as they are.",
+    )
     shutdown_grace_s: float = _f(
         2.0, "On SIGINT/SIGTERM, seconds connections get to close before they are cancelled."
     )
@@ -286,9 +293,10 @@ class Config:
         if min(self.connect_timeout_s, self.http_keep_alive_s, self.upgrade_timeout_s) <= 0:
             raise ValueError("connect_timeout_s, http_keep_alive_s and upgrade_timeout_s "
                              "must be positive")
-        if self.rate_limit_per_s <= 0 or self.room_idle_s < 0 or self.max_attachments < 0:
-            raise ValueError("rate_limit_per_s must be positive, room_idle_s and "
-                             "max_attachments not negative")
+        if (self.rate_limit_per_s <= 0 or self.room_idle_s < 0 or self.max_attachments < 0
+                or self.presence_interval_ms < 0):
+            raise ValueError("rate_limit_per_s must be positive, room_idle_s, "
+                             "max_attachments and presence_interval_ms not negative")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed."""

@@ -186,17 +186,17 @@ class YWebsocketEndpoint:
             return header[7:].strip() or None
         return first(request.query, "token") or None
 
-    async def websocket(self, stream: trio.abc.Stream, request: HttpRequest, raw: bytes) -> None:
+    async def websocket(self, stream: trio.abc.Stream, request: HttpRequest, rest: bytes) -> None:
         """Serve one y-websocket connection until it ends."""
         ctx, cfg = self.ctx, self.ctx.config
         ws = ServerWebSocket(stream, Outbox(cfg.outbox_max_bytes),
                              max_message_size=cfg.max_payload)
         try:
-            ws.start_handshake(raw)
+            ws.start_handshake(request.method, request.headers, rest)
         except HandshakeError as exc:
             await send_error(stream, exc.status, f"bad WebSocket handshake: {exc}", exc.headers)
             return
-        del raw
+        del rest
         try:
             if not self.origins.allows(request):
                 raise CollabError(ErrorCode.FORBIDDEN, "origin not allowed (see --cors-origins)")

@@ -21,7 +21,7 @@ import math
 import re
 from typing import Any, Final
 
-__all__ = ["UnsafeJSON", "check", "dumps", "loads"]
+__all__ = ["RawJSON", "UnsafeJSON", "check", "dumps", "dumps_message", "loads", "resolve_raw"]
 
 
 class UnsafeJSON(ValueError):
@@ -100,6 +100,56 @@ def check(value: Any) -> None:
                 stack.append(sub)
         elif isinstance(item, list | tuple):
             stack.extend(item)
+
+
+class RawJSON:
+    """A value already encoded as JSON text (by :func:`dumps`, so storable), that
+    :func:`dumps_message` embeds as it is: in place of a message's payload, or of one
+    of the values of a payload that is a ``dict``. For a value sent many times that is
+    dear to encode (a room's presence list)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        """The JSON text."""
+
+    def value(self) -> Any:
+        """The value, decoded again."""
+        return _decoder.decode(self.text)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RawJSON) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        shown = self.text if len(self.text) <= 60 else self.text[:57] + "..."
+        return f"RawJSON({shown!r})"
+
+
+def dumps_message(value: Any) -> str:
+    """:func:`dumps` for a message's payload, which may be a :class:`RawJSON` or a
+    ``dict`` with :class:`RawJSON` values (spliced in as they are, after the others)."""
+    if type(value) is RawJSON:
+        return value.text
+    if type(value) is dict and RawJSON in map(type, value.values()):
+        raw = [(k, v) for k, v in value.items() if type(v) is RawJSON]
+        rest = dumps({k: v for k, v in value.items() if type(v) is not RawJSON})
+        spliced = ",".join(f"{dumps(k)}:{v.text}" for k, v in raw)
+        return f"{rest[:-1]}{',' if len(rest) > 2 else ''}{spliced}}}"
+    return dumps(value)
+
+
+def resolve_raw(value: Any) -> Any:
+    """``value`` with :class:`RawJSON` (itself, or its ``dict``'s values) decoded, for
+    encoders that cannot splice text (a message with binary attachments)."""
+    if type(value) is RawJSON:
+        return value.value()
+    if type(value) is dict and RawJSON in map(type, value.values()):
+        return {k: v.value() if type(v) is RawJSON else v for k, v in value.items()}
+    return value
 
 
 def dumps(value: Any, default: Any = None) -> str:

@@ -29,7 +29,7 @@ from . import jsonsafe, socketio, wsframe
 
 __all__ = ["Outgoing"]
 
-_dumps: Final = jsonsafe.dumps
+_dumps: Final = jsonsafe.dumps_message
 
 
 class Outgoing:
@@ -60,21 +60,26 @@ class Outgoing:
         """A Socket.IO ``EVENT`` (or ``BINARY_EVENT``) ``[event, payload]`` to namespace ``/``.
 
         Raises ``TypeError``/``ValueError`` (``UnsafeJSON``) for a payload that is not
-        storable JSON (or bytes).
+        storable JSON (or bytes). The payload may be (or hold, as a ``dict``'s values)
+        :class:`~collabtrio.protocol.jsonsafe.RawJSON`, embedded as it is.
         """
         try:
             text = socketio.encode_event_text(event, _dumps(payload))
         except TypeError:
+            payload = jsonsafe.resolve_raw(payload)
             packet = socketio.Packet(socketio.PacketType.EVENT, data=[event, payload])
             return cls._from_parts(socketio.encode(packet))
         return cls("4" + text)
 
     @classmethod
     def ack(cls, ack_id: int, payload: Any) -> Outgoing:
-        """A Socket.IO ``ACK`` (or ``BINARY_ACK``) answering ``ack_id`` with ``[payload]``."""
+        """A Socket.IO ``ACK`` (or ``BINARY_ACK``) answering ``ack_id`` with ``[payload]``
+        (which may hold :class:`~collabtrio.protocol.jsonsafe.RawJSON`, as for
+        :meth:`event`)."""
         try:
             text = socketio.encode_ack_text(ack_id, _dumps(payload))
         except TypeError:
+            payload = jsonsafe.resolve_raw(payload)
             packet = socketio.Packet(socketio.PacketType.ACK, data=[payload], id=ack_id)
             return cls._from_parts(socketio.encode(packet))
         return cls("4" + text)

@@ -32,7 +32,10 @@ so clients can join again. However the room ends, every component's final flush
 runs shielded, with a deadline, so what was written is committed.
 
 Invariants: ``conn.rooms[room.id] is room`` exactly when ``conn`` is in ``members``;
-presence is broadcast once per batch in which membership changed.
+presence is broadcast after a batch in which membership changed, at once after a
+quiet spell and then at most once per ``presence_interval_ms`` (times members / 10
+past 10 members) while it keeps changing, and every join's ack lists the members as
+they are at that join.
 """
 
 from __future__ import annotations
@@ -55,9 +58,13 @@ from ..storage.writer import CommitQueue
 from .commands import Command, Join, Leave, Relay, ServerCommand, SetRole
 from .mailbox import Mailbox
 from .peer import Peer
-from .presence import Member, presence_payload
+from .presence import Member, presence_json, presence_payload
 
 log = logging.getLogger(__name__)
+
+PRESENCE_SCALE_MEMBERS = 10
+"""Room size up to which presence goes out at most once per ``presence_interval_ms``;
+past it the gap grows in proportion (100 members: 10 times the interval)."""
 
 IDLE_RECHECK_S = 0.1
 
@@ -151,6 +158,7 @@ class Room:
         self._failed = False
         self.cancel_scope = trio.CancelScope()
         self._presence_dirty = False
+        self._presence_due = float("-inf")  # the earliest time of the next broadcast
         # membership version, and the version each joiner of this batch saw in its ack
         self._version = 0
         self._acked_version: dict[Peer, int] = {}
@@ -227,23 +235,37 @@ class Room:
 
     async def _serve(self) -> None:
         idle_s = self.config.room_idle_s
+        presence_gap = self.config.presence_interval_ms / 1000
         while True:
             deadline = self._empty_since + idle_s if not self.members else float("inf")
             if not self.idle:
                 # idle, but writes are still pending: look again once they had time
                 deadline = max(deadline, trio.current_time() + IDLE_RECHECK_S)
+            if self._presence_dirty:
+                deadline = min(deadline, self._presence_due)
             batch = await self.mailbox.get_batch(deadline)
-            if batch:
+            served = bool(batch)
+            if served:
                 for cmd in batch:
                     self._apply(cmd)
                 # drop the commands now: an idle room must not keep the peers of its
                 # last batch (departed members) alive until it wakes again
                 del batch, cmd
-                if self._presence_dirty:
-                    self._presence_dirty = False
-                    self._broadcast_presence()
-                else:
+                if not self._presence_dirty:
                     self._acked_version.clear()
+            if self._presence_dirty:
+                # at once after a quiet spell, then at most once per gap while it keeps
+                # changing: N joins in a burst cost everyone a few lists, not N. A list
+                # to N members is N entries each, so the gap grows with N past 10
+                # members: what presence costs a room per second grows as N, not N^2
+                now = trio.current_time()
+                if now >= self._presence_due:
+                    self._presence_dirty = False
+                    scale = max(1.0, len(self.members) / PRESENCE_SCALE_MEMBERS)
+                    self._presence_due = now + presence_gap * scale
+                    self._broadcast_presence()
+                continue
+            if served:
                 continue
             if (not self.members and not self.mailbox and trio.current_time() >= deadline
                     and self.idle):
@@ -336,7 +358,7 @@ class Room:
         reply: dict[str, Any] = {"ok": True, "room": self.id, "role": member.role}
         for component in self.components.values():
             component.join_reply(member, cmd, reply)
-        reply["presence"] = self.presence()
+        reply["presence"] = presence_json(self.id, self.members.values())
         self._acked_version[conn] = self._version
         if cmd.ack_id is not None:
             conn.ack(cmd.ack_id, reply)
@@ -410,7 +432,7 @@ class Room:
         acked, self._acked_version = self._acked_version, {}
         if not self.members:
             return
-        out = Outgoing.event("presence", self.presence())
+        out = Outgoing.event("presence", presence_json(self.id, self.members.values()))
         version = self._version
         sent = 0
         for conn in self.members:

@@ -205,7 +205,7 @@ class EngineEndpoint:
 
     # -- WebSocket -----------------------------------------------------------------------
 
-    async def websocket(self, stream: trio.abc.Stream, request: HttpRequest, raw: bytes) -> None:
+    async def websocket(self, stream: trio.abc.Stream, request: HttpRequest, rest: bytes) -> None:
         """Serve one WebSocket to ``/socket.io/`` until it ends (the router's handler).
 
         Resource handling: the WebSocket's writer task runs beside it; when it ends, the
@@ -217,8 +217,8 @@ class EngineEndpoint:
         ws = ServerWebSocket(stream, Outbox(cfg.outbox_max_bytes),
                              max_message_size=cfg.max_payload)
         try:
-            ws.start_handshake(raw)
-            del raw  # held by this frame for the whole session otherwise
+            ws.start_handshake(request.method, request.headers, rest)
+            del rest  # held by this frame for the whole session otherwise
         except HandshakeError as exc:
             await send_error(stream, exc.status, f"bad WebSocket handshake: {exc}", exc.headers)
             return

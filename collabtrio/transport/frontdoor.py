@@ -421,9 +421,9 @@ async def serve_stream(
         if upgrade is not None:
             # the request buffer is gone with _serve_http's frame: a session that lasts
             # as long as its client keeps nothing of it
-            handler, request, raw = upgrade
+            handler, request, rest = upgrade
             del upgrade
-            await handler(stream, request, raw)
+            await handler(stream, request, rest)
     except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
         pass
     except Exception:
@@ -472,7 +472,7 @@ async def _serve_http(
     remote: str,
 ) -> tuple[WebSocketHandler, HttpRequest, bytes] | None:
     """Answer requests until the connection is done, or return a WebSocket upgrade
-    (its handler, request and raw bytes) to hand the stream to."""
+    (its handler, the request, and the bytes read after its head) to hand the stream to."""
     buf = bytearray()  # what was read and not consumed yet: the next request(s)
     idle_s: float | None = None  # the first request has no idle wait, only the head's
     with trio.CancelScope() as deadline:  # idle and head time limits: see _read_head
@@ -502,7 +502,7 @@ async def _serve_http(
                     # RFC 6455 section 4.1: the opening handshake is HTTP/1.1 or later
                     await send_error(stream, 400, "a WebSocket upgrade needs HTTP/1.1")
                     return None
-                return handler, request, head + bytes(buf)
+                return handler, request, bytes(buf)
             if not await _serve_request(stream, buf, router, request, parsed, parser,
                                         max_body_bytes):
                 return None

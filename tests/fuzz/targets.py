@@ -691,7 +691,8 @@ class FrontdoorRun:
 
     output: bytes = b""
     http: list[str] = field(default_factory=list)  # methods the HTTP handlers saw
-    upgrades: list[bytes] = field(default_factory=list)  # raw bytes given to WebSocket
+    # the requests handed to the WebSocket handler
+    upgrades: list[frontdoor.HttpRequest] = field(default_factory=list)
 
 
 def _router(run: FrontdoorRun) -> frontdoor.Router:
@@ -706,12 +707,12 @@ def _router(run: FrontdoorRun) -> frontdoor.Router:
         return _Held()
 
     async def websocket(stream: trio.abc.Stream, request: frontdoor.HttpRequest,
-                        raw: bytes) -> None:
-        run.upgrades.append(raw)
+                        rest: bytes) -> None:
+        run.upgrades.append(request)
         # the handshake as the real endpoint starts it (no outbox needed for that)
         ws = ServerWebSocket(stream, cast(Outbox, None), max_message_size=1000)
         try:
-            ws.start_handshake(raw)
+            ws.start_handshake(request.method, request.headers, rest)
         except HandshakeError:
             pass
         await stream.aclose()
@@ -818,9 +819,8 @@ def check_frontdoor(chunks: Sequence[bytes], *, tolerate_known: bool = True) -> 
             raise AssertionError(f"logged: {record.getMessage()}") from exc
     if run.output:
         assert _STATUS_LINE.match(run.output), run.output[:200]
-    for raw in run.upgrades:
-        assert raw.startswith(b"GET ")
-        assert b"\r\n\r\n" in raw
+    for request in run.upgrades:
+        assert request.is_websocket_upgrade, request
 
 
 CHUNK_SEP: Final = b"\xfe\xfe"

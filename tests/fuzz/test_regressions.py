@@ -89,7 +89,7 @@ async def test_head_with_a_body_gets_413(autojump_clock: trio.testing.MockClock)
 async def test_websocket_upgrade_with_a_non_ascii_host_gets_400(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """wsproto decodes Host as IDNA; its UnicodeDecodeError was not a HandshakeError:
+    """wsproto decoded Host as IDNA; its UnicodeDecodeError was not a HandshakeError:
     logged, no answer. Found by tests/fuzz/test_server.py (COLLABTRIO_FUZZ_SEED=2797591534)."""
     async with open_test_server() as server:
         with targets.logged_exceptions() as records:

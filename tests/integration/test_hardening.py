@@ -159,7 +159,7 @@ async def test_a_failing_room_tells_its_members_and_can_be_joined_again(
             await a.join("doc")
             assert (await a.call("op", _op("doc", "o1", "add", "c", "e", {"v": 1})))["ok"]
             await b.join("doc")
-            real = room_module.presence_payload
+            real = room_module.presence_json
             calls = itertools.count()
 
             def broken(*args: Any, **kwargs: Any) -> Any:
@@ -167,7 +167,7 @@ async def test_a_failing_room_tells_its_members_and_can_be_joined_again(
                     raise RuntimeError("injected presence bug")
                 return real(*args, **kwargs)
 
-            monkeypatch.setattr(room_module, "presence_payload", broken)
+            monkeypatch.setattr(room_module, "presence_json", broken)
             # a leave makes the room broadcast presence, which now fails once
             await b.call("leave", {"room": "doc"})
             told = await a.next_event("room-error")

@@ -20,6 +20,9 @@ import h11
 import pytest
 import trio
 import trio.testing
+import wsproto
+import wsproto.connection
+import wsproto.events
 
 from collabtrio.client import connect
 from collabtrio.testing import TestServer, open_test_server
@@ -443,3 +446,39 @@ async def test_websocket_upgrade_as_second_request_on_keep_alive_connection(
             assert joined["ok"] is True
             assert [u["userId"] for u in joined["presence"]["users"]] == ["alice"]
             assert len(server.server.connections) == 1
+
+
+async def test_frames_sent_with_the_upgrade_request_are_read_after_the_101(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client that writes its first frame (the Socket.IO CONNECT) in the same packet
+    as its upgrade request gets the 101 (with the RFC 6455 accept token), the Engine.IO
+    OPEN and then the answer to that CONNECT: nothing read after the head is lost."""
+    async with open_test_server() as server:
+        conn = HttpConnection(server)
+        framing = wsproto.connection.Connection(wsproto.ConnectionType.CLIENT)
+        connect_frame = framing.send(wsproto.events.TextMessage(
+            data="40" + json.dumps({"token": server.token("alice")})))
+        await conn.send(request(SOCKETIO_WS, "GET", *UPGRADE_HEADERS) + connect_frame)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await conn.stream.receive_some()
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        assert lines[0] == "HTTP/1.1 101 Switching Protocols"
+        headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
+        # RFC 6455 section 1.3's example nonce and its accept token
+        assert headers["sec-websocket-accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        assert headers["upgrade"].lower() == "websocket"
+        messages: list[str] = []
+        framing.receive_data(rest)
+        with trio.fail_after(5):  # a CONNECT that was lost is never answered
+            while len(messages) < 2:
+                for event in framing.events():
+                    if isinstance(event, wsproto.events.TextMessage):
+                        messages.append(event.data)
+                if len(messages) < 2:
+                    framing.receive_data(await conn.stream.receive_some())
+        assert messages[0].startswith("0{")
+        assert messages[1].startswith("40{")
+        assert "sid" in json.loads(messages[1][2:])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+
 import pytest
 import trio
 import trio.testing
@@ -104,6 +107,58 @@ async def test_relays_reach_others_and_are_never_echoed(
                            "userId": "alice", "userName": "alice"}
         await trio.testing.wait_all_tasks_blocked()
         assert [e for e, _ in alice.pending_events() if e == event] == []
+
+
+async def _presence_during_a_join_storm(interval_ms: int) -> tuple[list[tuple[float, int]],
+                                                                     list[int]]:
+    """alice is in room r, alone for a while; then 20 clients join it, one every 10 ms.
+    What alice hears (when, and how many connections each list shows) and what each
+    joiner's ack listed."""
+    async with open_test_server(presence_interval_ms=interval_ms) as server:
+        async with server.client("alice") as alice, contextlib.AsyncExitStack() as stack:
+            await alice.join("r")
+            clients = [await stack.enter_async_context(server.client(f"u{i}"))
+                       for i in range(20)]
+            await trio.sleep(1)
+            heard: list[tuple[float, int]] = []
+            t0 = trio.current_time()
+
+            async def listen() -> None:
+                while not heard or heard[-1][1] != 21:
+                    event = await alice.next_event("presence")
+                    heard.append((trio.current_time() - t0, event["connections"]))
+
+            acks = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(listen)
+                for client in clients:
+                    acks.append((await client.join("r"))["presence"]["connections"])
+                    await trio.sleep(0.01)
+            # and nothing more is on its way
+            await trio.sleep(1)
+            assert [name for name, _ in alice.pending_events()] == []
+            return heard, acks
+
+
+async def test_presence_goes_out_at_once_then_at_most_once_per_interval_in_a_join_storm(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A join storm costs each member a few presence lists, not one per join: the first
+    change goes out at once, the later ones at most once per presence_interval_ms, and
+    the last list shows everyone. Each joiner's own ack lists the room as it joined."""
+    heard, acks = await _presence_during_a_join_storm(50)
+    assert acks == list(range(2, 22))
+    assert heard[0] == (0.0, 2)  # at once: the first join after a quiet spell
+    assert heard[-1][1] == 21
+    # after a list of c members, the next waits 50 ms x max(1, c / 10)
+    for (t, c), (t_next, _) in itertools.pairwise(heard):
+        assert t_next - t >= 0.05 * max(1, c / 10) - 1e-9, heard
+    # 20 joins over 200 ms: one list at once, then a few
+    assert len(heard) <= 5, heard
+    # with the interval off, every join is a list of its own
+    heard, acks = await _presence_during_a_join_storm(0)
+    assert acks == list(range(2, 22))
+    assert [count for _, count in heard] == list(range(2, 22))
 
 
 async def test_cursor_is_kept_in_presence_for_later_joiners(

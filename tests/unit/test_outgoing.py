@@ -15,7 +15,7 @@ import wsproto.connection
 import wsproto.events
 
 from collabtrio.protocol import engineio, socketio
-from collabtrio.protocol.jsonsafe import UnsafeJSON
+from collabtrio.protocol.jsonsafe import RawJSON, UnsafeJSON, dumps
 from collabtrio.protocol.outgoing import Outgoing
 
 
@@ -118,3 +118,24 @@ def test_nothing_built_for_the_wire_is_invalid_json(payload: object) -> None:
 def test_valid_astral_characters_and_big_integers_are_kept() -> None:
     out = Outgoing.event("chat", {"text": "🎉 ok", "n": 2**70})
     assert out.packet == '42["chat",{"text":"🎉 ok","n":1180591620717411303424}]'
+
+
+def test_raw_json_is_embedded_as_it_is_in_events_and_acks() -> None:
+    """Pre-encoded JSON (a room's presence list) goes out as the same message the
+    decoded value would make, as the payload or as a value of a dict payload."""
+    users = {"room": "r", "users": [{"userId": "ü", "cursor": {"x": 1.5}}], "connections": 1}
+    raw = RawJSON(dumps(users))
+    event = _client_messages(Outgoing.event("presence", raw).ws_frames())
+    assert event == ["42" + json.dumps(["presence", users], separators=(",", ":"),
+                                       ensure_ascii=False)]
+    reply = {"ok": True, "room": "r", "presence": raw, "seq": 3}
+    ack = Outgoing.ack(7, reply).packet
+    assert ack.startswith("437[")
+    assert json.loads(ack[3:]) == [{"ok": True, "room": "r", "presence": users, "seq": 3}]
+    # a dict of raw values only, and raw values beside bytes (decoded for the binary path)
+    assert json.loads(Outgoing.ack(1, {"p": raw}).packet[3:]) == [{"p": users}]
+    binary = Outgoing.event("e", {"p": raw, "blob": b"\x00"})
+    assert binary.attachments == (b"\x00",)
+    body = json.loads(binary.packet[binary.packet.index("["):])
+    assert body == ["e", {"p": users, "blob": {"_placeholder": True, "num": 0}}]
+    assert RawJSON(dumps(users)).value() == users
