@@ -233,10 +233,10 @@ class Config:
     )
     room_idle_s: float = _f(30.0, "A room with no members closes after this many seconds.")
     presence_interval_ms: int = _f(
-        50,
+        200,
         "A room broadcasts presence at once when its membership changes, then at most once "
         "per this many milliseconds while it keeps changing (a join storm), times members "
-        "/ 10 past 10 members (100 members: 10 times); 0: after every batch of commands. "
+        "/ 10 past 10 members (100 members: 2 s); 0: after every batch of commands. "
         "Each join's ack lists the members as they are.",
     )
     shutdown_grace_s: float = _f(

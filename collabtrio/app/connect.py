@@ -81,7 +81,8 @@ class SocketIOApp:
         client = Client(ctx, session, ctx.auth.authenticate(token or None))
         client.auth_rooms = auth_rooms
         try:
-            client.grants = await ctx.store.grants_for(client.identity.user_id)
+            if ctx.grants_stored:  # else none is stored (the grants watcher knows)
+                client.grants = await ctx.store.grants_for(client.identity.user_id)
         except StorageError as exc:
             # roles then come from the token and the default until the next poll
             log.warning("cannot load grants for %s: %s", client.identity.user_id, exc,

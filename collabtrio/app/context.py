@@ -31,7 +31,9 @@ class AppContext:
     unix seconds (stored timestamps, token expiry), while scheduling uses trio's clock;
     ``connections_total`` counts the Socket.IO connections accepted so far (for stats);
     ``metrics`` is where the application and the transport count (a
-    :class:`~collabtrio.observability.sink.NullMetrics` when metrics are off).
+    :class:`~collabtrio.observability.sink.NullMetrics` when metrics are off);
+    ``grants_stored`` is False only while the grants watcher knows that no role grant is
+    stored (see :mod:`collabtrio.app.grants`), so a connect can skip the lookup.
     """
 
     config: Config
@@ -44,3 +46,4 @@ class AppContext:
     sessions: set[SocketIOSession] = field(default_factory=set)
     connections_total: int = 0
     metrics: Metrics = NULL_METRICS
+    grants_stored: bool = True

@@ -6,6 +6,13 @@ store's grants version. :func:`watch_grants` polls that version every
 connected user and sends each open room a ``SetRole`` for members whose role changed
 (the room tells the member with ``role-changed`` and updates presence).
 
+It also keeps :attr:`AppContext.grants_stored`: whether any grant is stored at all,
+read again whenever the version changes. While none is, a connect does not look its
+user's grants up (a thread hop and a query per connection in a connect storm); a grant
+written by another process in the meantime reaches the connections made since with
+the refresh that follows, within ``grants_poll_s``, as it reaches everyone else. With
+polling off, every connect looks its grants up.
+
 Error handling: while storage is unreachable the watcher keeps polling; it logs the
 outage once when it starts and once when it ends. A user whose grants cannot be
 reloaded keeps the grants it had, and the others are still refreshed.
@@ -44,7 +51,11 @@ async def watch_grants(
     while True:
         try:
             version = await ctx.store.grants_version()
+            if version != last:
+                # before the refresh: a connect from now on looks its grants up
+                ctx.grants_stored = await ctx.store.has_grants()
         except StorageError as exc:
+            ctx.grants_stored = True
             if not failing:
                 log.warning("grants watcher: storage unreachable (%s); roles may be stale "
                             "until it is back", exc)

@@ -271,5 +271,9 @@ class Store(Protocol):
     async def grants_version(self) -> int:
         """A number that changes whenever a grant is set or revoked (for polling)."""
 
+    async def has_grants(self) -> bool:
+        """Whether any grant is stored at all (one cheap query: while none is, the
+        server skips the lookup on every connect)."""
+
     async def close(self) -> None:
         """Release connections and threads (idempotent)."""

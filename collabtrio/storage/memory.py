@@ -264,6 +264,12 @@ class MemoryStore:
         self._check_open()
         return self._data.grants_version
 
+    async def has_grants(self) -> bool:
+        """See :meth:`Store.has_grants`."""
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        return bool(self._data.grants)
+
     async def close(self) -> None:
         """Close this handle (idempotent); a named store's data stays for a reopen."""
         await trio.lowlevel.checkpoint()

@@ -86,6 +86,7 @@ class Queries(NamedTuple):
     bump_grants_version: str
     grants_for: str
     grants_version: str
+    has_grants: str
     upsert_yjs_snapshot: str
     trim_yjs_updates: str
     insert_yjs_update: str
@@ -159,6 +160,7 @@ _QUERIES = Queries(
     ),
     grants_for="SELECT pattern, role FROM grants WHERE user_id = ?",
     grants_version="SELECT value FROM meta WHERE key = 'grants_version'",
+    has_grants="SELECT 1 FROM grants LIMIT 1",
     upsert_yjs_snapshot=(
         "INSERT INTO yjs_snapshots (room, data, covers) VALUES (?, ?, ?) "
         "ON CONFLICT (room) DO UPDATE SET data = excluded.data, covers = excluded.covers"
@@ -466,3 +468,9 @@ class SQLStore(Generic[C]):
         query = self._dialect.q.grants_version
         row = await self._run(lambda c: execute(c, query).fetchone())
         return int(row[0]) if row else 0
+
+    async def has_grants(self) -> bool:
+        """See :meth:`Store.has_grants`."""
+        query = self._dialect.q.has_grants
+        row = await self._run(lambda c: execute(c, query).fetchone())
+        return row is not None

@@ -461,6 +461,42 @@ async def test_stored_grant_changes_role_without_reconnect(
             assert (await alice.join("doc"))["role"] == "write"
 
 
+class _CountingStore(MemoryStore):
+    """A memory store that counts grant lookups."""
+
+    lookups = 0
+
+    async def grants_for(self, user_id: str) -> dict[str, Any]:
+        self.lookups += 1
+        return await super().grants_for(user_id)
+
+
+async def test_no_grant_lookup_per_connect_while_none_is_stored(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """While no grant is stored, a connect does not look its user's grants up. A grant
+    written by another process (straight into the store, as `collabtrio grant` does)
+    reaches a connection made before the watcher saw it, within grants_poll_s, and
+    later connects look it up."""
+    store = _CountingStore()
+    start = trio.current_time()
+    async with open_test_server(store=store, grants_poll_s=2, default_role="read") as server:
+        await trio.sleep(0.1)  # the watcher's first poll found no grant
+        async with server.client("alice") as alice:
+            assert (await alice.join("doc"))["role"] == "read"
+        assert store.lookups == 0
+        await store.set_grant("doc", "bob", "write")
+        async with server.client("bob") as bob:  # before the watcher's next poll
+            assert (await bob.join("doc"))["role"] == "read"
+            changed = await bob.next_event("role-changed", timeout=5)
+            assert changed == {"room": "doc", "role": "write"}
+            assert trio.current_time() - start <= 2.1
+        lookups = store.lookups
+        async with server.client("bob") as bob:
+            assert (await bob.join("doc"))["role"] == "write"
+        assert store.lookups == lookups + 1
+
+
 async def test_idle_room_waits_for_pending_writes_then_closes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

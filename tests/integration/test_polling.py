@@ -933,12 +933,16 @@ async def test_poll_closed_by_the_client_ends_session(
 
 
 class GatedStore(MemoryStore):
-    """A memory store whose ``grants_for`` waits for :attr:`gate` (a slow CONNECT)."""
+    """A memory store that says it holds grants, and whose ``grants_for`` waits for
+    :attr:`gate` (a slow CONNECT)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.gate = trio.Event()
         self.waiting = False
+
+    async def has_grants(self) -> bool:
+        return True
 
     async def grants_for(self, user_id: str) -> dict[str, Any]:
         self.waiting = True

@@ -361,11 +361,13 @@ async def test_returned_data_is_not_aliased_with_stored_data(store: Store) -> No
 
 
 async def test_grants(store: Store) -> None:
+    assert await store.has_grants() is False
     assert await store.grants_for("alice") == {}
     v0 = await store.grants_version()
     await store.set_grant("room-1", "alice", "write")
     v1 = await store.grants_version()
     assert v1 != v0
+    assert await store.has_grants() is True
     await store.set_grant("team-*", "alice", "read")
     await store.set_grant("team-*", "bob", "admin")
     assert await store.grants_for("alice") == {"room-1": "write", "team-*": "read"}
@@ -379,6 +381,9 @@ async def test_grants(store: Store) -> None:
     await store.set_grant("room-1", "alice", None)  # revoke
     assert await store.grants_for("alice") == {"team-*": "read"}
     assert await store.grants_version() != v3
+    await store.set_grant("team-*", "alice", None)
+    await store.set_grant("team-*", "bob", None)
+    assert await store.has_grants() is False
     with pytest.raises(ValueError, match="unknown role"):
         await store.set_grant("room-1", "alice", "owner")  # type: ignore[arg-type]
 
