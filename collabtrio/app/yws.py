@@ -236,18 +236,11 @@ class YWebsocketEndpoint:
         metrics = ctx.metrics
         peer = YWebsocketPeer(ws, identity, metrics)
         counted = False
-        writer_done = trio.Event()
-
-        async def writer() -> None:
-            try:
-                await ws.outbox.run_writer(stream)
-            finally:
-                writer_done.set()
-
         room: Room | None = None
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(writer)
+                # a writer task runs in this nursery only while frames wait
+                ws.outbox.attach(stream, nursery)
                 try:
                     room = ctx.registry.get_or_open(room_id)
                     peer.pending_joins += 1
@@ -270,8 +263,9 @@ class YWebsocketEndpoint:
                         with contextlib.suppress(MailboxClosed):
                             room.mailbox.put_nowait(Leave(peer, None))
                     peer.close(1000, "bye")
+                    ws.outbox.close()
                     with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                        await writer_done.wait()
+                        await ws.outbox.drain()
                     nursery.cancel_scope.cancel()
         except Exception:
             log.exception("y-websocket connection failed")

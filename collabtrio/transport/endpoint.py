@@ -245,17 +245,10 @@ class EngineEndpoint:
                 if ws.outbox.torn:
                     abort_stream(stream)
             return
-        writer_done = trio.Event()
-
-        async def writer() -> None:
-            try:
-                await ws.outbox.run_writer(stream)
-            finally:
-                writer_done.set()
-
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(writer)
+                # a writer task runs in this nursery only while frames wait
+                ws.outbox.attach(stream, nursery)
                 try:
                     if upgrading is not None:
                         await upgrading.run_upgrade(ws)
@@ -264,8 +257,9 @@ class EngineEndpoint:
                 finally:
                     # let the writer flush the last frames (close frame included);
                     # one still blocked then is cut off, and the connection aborted
+                    ws.outbox.close()
                     with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                        await writer_done.wait()
+                        await ws.outbox.drain()
                     nursery.cancel_scope.cancel()
         except Exception:
             log.exception("WebSocket session failed")

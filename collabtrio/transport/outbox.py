@@ -30,6 +30,15 @@ a wake-up per delivery at steady rates; whatever the socket does not take then g
 first in the writer's next write. Such direct writes are spaced by at least
 :data:`DIRECT_GAP_S`, so a burst still reaches the writer and goes out in few writes.
 
+The writer task need not exist all the time: :meth:`Outbox.attach` gives the outbox
+its stream and the connection's nursery, and a writer is started there only when a
+frame has to wait (the socket would block, or a burst came within
+:data:`DIRECT_GAP_S`); it ends once it has had nothing to write for
+:data:`WRITER_LINGER_S`. An idle connection then holds no writer task at all (about
+2 kB and 14 objects for the collector to scan, per connection). :meth:`Outbox.drain`
+waits for what is queued to be written after :meth:`Outbox.close`. Callers that own a
+writer themselves use :meth:`Outbox.run_writer` instead.
+
 A slow client is told before it is cut off: when what waits behind a blocked write,
 volatile frames not counted (they would be dropped first), first passes half the bound
 (the high-water mark), :attr:`Outbox.on_high_water` gives a
@@ -60,6 +69,9 @@ DIRECT_GAP_S = 0.001
 room delivering a broadcast), saving the writer's wake-up, unless the outbox was
 written that way less than this ago: a burst is left to the writer, which sends it
 in a few large writes."""
+WRITER_LINGER_S = 0.5
+"""A writer started by an attached outbox ends after this long with nothing to write
+(a later frame that has to wait starts another)."""
 MAX_WRITE_BYTES = 256 * 1024
 """The most one ``send_all`` writes (whole frames; a larger frame goes alone)."""
 
@@ -76,12 +88,16 @@ class Outbox:
         "_frames",
         "_idle",
         "_lot",
+        "_nursery",
         "_partial",
         "_sending",
+        "_stopped",
+        "_stream",
         "_urgent",
         "_volatile_at",
         "_volatile_bytes",
         "_warned",
+        "_writing",
         "closed",
         "dropped_volatile",
         "max_bytes",
@@ -105,6 +121,10 @@ class Outbox:
         self._direct: trio.SocketStream | None = None  # the writer's socket, while it runs
         self._direct_at = -math.inf
         self._partial = False  # _urgent starts with the rest of a frame written in part
+        self._stream: trio.abc.SendStream | None = None  # attached: see attach()
+        self._nursery: trio.Nursery | None = None
+        self._writing = False  # an attached outbox's writer task is running
+        self._stopped: trio.Event | None = None  # set when that writer ends (drain)
         self.closed = False
         self.dropped_volatile = 0
         self.on_high_water: Callable[[int], bytes | None] | None = None
@@ -150,10 +170,18 @@ class Outbox:
                 > self.max_bytes):
             # only what cannot be dropped brings an overflow (a disconnect) closer
             self._high_water()
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
+        """Have the writer write what is queued: unpark it, or start one (attached)."""
         if self._idle:
             self._idle = False
-            self._lot.unpark()
-        return True
+            if self._nursery is not None and not self._writing:
+                self._writing = True
+                self._nursery.start_soon(self._attached_writer)
+            else:
+                self._lot.unpark()
 
     def _write_now(self, frame: bytes) -> bool:
         """Write ``frame`` from the pushing task (the writer is parked and nothing is
@@ -175,8 +203,7 @@ class Outbox:
         if sent < len(frame):
             self._urgent.append(frame[sent:])
             self._partial = True
-            self._idle = False
-            self._lot.unpark()
+            self._wake()
         return True
 
     def _high_water(self) -> None:
@@ -219,6 +246,39 @@ class Outbox:
         """Accept no more frames; the writer stops once the queue is written."""
         self.closed = True
         self._lot.unpark()
+
+    def attach(self, stream: trio.abc.SendStream, nursery: trio.Nursery) -> None:
+        """Write to ``stream`` from now on, with a writer task started in ``nursery``
+        only while frames wait (see the module docstring). Frames queued before are
+        written at once."""
+        self._stream = stream
+        self._nursery = nursery
+        if isinstance(stream, trio.SocketStream):
+            self._direct = stream
+        if self._frames or self._urgent or self.closed:
+            self._idle = True
+            self._wake()
+
+    async def drain(self) -> None:
+        """After :meth:`close`: wait until an attached outbox's writer has written what
+        was queued (or the socket broke). Direct writes are over from now on: the
+        caller is about to close the socket."""
+        if self._writing:
+            if self._stopped is None:
+                self._stopped = trio.Event()
+            await self._stopped.wait()
+        self._direct = None
+
+    async def _attached_writer(self) -> None:
+        stream = self._stream
+        assert stream is not None
+        try:
+            await self._write_queued(stream, linger=True)
+        finally:
+            self._writing = False
+            self._idle = True
+            if self._stopped is not None:
+                self._stopped.set()
 
     def _next_write(self) -> bytes | None:
         """What the writer sends next: urgent frames, else whole frames of the batch (up
@@ -268,7 +328,7 @@ class Outbox:
             # descriptor number may then be another connection's
             self._direct = None
 
-    async def _write_queued(self, stream: trio.abc.SendStream) -> None:
+    async def _write_queued(self, stream: trio.abc.SendStream, linger: bool = False) -> None:
         while True:
             data = self._next_write()
             if data is None:
@@ -276,6 +336,12 @@ class Outbox:
                     return
                 self._idle = True
                 self._warned = False  # drained: the next backlog is warned about again
+                if linger:
+                    with trio.move_on_after(WRITER_LINGER_S) as waited:
+                        await self._lot.park()
+                    if waited.cancelled_caught and self._idle and not self.closed:
+                        return  # nothing came: a frame that has to wait starts another
+                    continue
                 try:
                     await self._lot.park()
                 except BaseException:

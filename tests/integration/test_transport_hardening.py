@@ -82,15 +82,18 @@ class RawWs:
         await self.stream.send_all(self.ws.send(Request(host="collabtrio.test",
                                                         target=target or socketio_resource())))
         status, headers, body = 0, {}, b""
-        while True:
+        accepted = False
+        while not accepted:
             data = await self.stream.receive_some(65536)
             if not data:
                 raise Rejected(status, headers, body)
             self.ws.receive_data(bytes(data))
+            # every event of this read: frames that came with the 101 (the Engine.IO
+            # OPEN) are read now, not left in wsproto until more bytes arrive
             for event in self.ws.events():
                 if isinstance(event, AcceptConnection):
-                    return
-                if isinstance(event, RejectConnection):
+                    accepted = True
+                elif isinstance(event, RejectConnection):
                     status = event.status_code
                     headers = {k.decode().lower(): v.decode() for k, v in event.headers}
                     if not event.has_body:

@@ -10,6 +10,7 @@ import trio.testing
 
 from collabtrio.rooms.mailbox import Mailbox
 from collabtrio.timers import Timers
+from collabtrio.transport import outbox as outbox_module
 from collabtrio.transport.outbox import Outbox
 
 
@@ -240,6 +241,88 @@ async def test_outbox_writes_nothing_directly_once_its_writer_is_gone() -> None:
         nursery.start_soon(box.run_writer, stream)
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
+    assert box.push(b"late")
+    assert _read_all(peer) == b""
+    peer.close()
+    await stream.aclose()
+
+
+async def test_an_attached_outbox_runs_no_writer_while_frames_go_out_at_once() -> None:
+    """Frames at a steady rate are written by the pushing task: an attached outbox
+    starts no writer task for them (an idle connection holds none)."""
+    stream, peer = await _socket_pair()
+    box = Outbox(max_bytes=1000)
+    async with trio.open_nursery() as nursery:
+        box.attach(stream, nursery)
+        for i in range(5):
+            assert box.push(f"frame{i}".encode())
+            assert not box._writing
+            await trio.sleep(0.005)  # more than DIRECT_GAP_S between frames
+        assert _read_all(peer) == b"".join(f"frame{i}".encode() for i in range(5))
+        assert len(nursery.child_tasks) == 0
+        box.close()
+        await box.drain()
+    peer.close()
+    await stream.aclose()
+
+
+async def test_an_attached_outbox_starts_a_writer_for_a_burst_that_ends_when_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst starts a writer in the connection's nursery; it writes everything in
+    order, ends after WRITER_LINGER_S with nothing to write, and the next burst starts
+    another: nothing is lost or reordered across writers."""
+    monkeypatch.setattr(outbox_module, "WRITER_LINGER_S", 0.05)
+    stream, peer = await _socket_pair()
+    box = Outbox(max_bytes=100_000)
+    sent: list[bytes] = []
+    got = b""
+    async with trio.open_nursery() as nursery:
+        box.attach(stream, nursery)
+        for burst in range(3):
+            frames = [f"{burst}:{i:04d};".encode() for i in range(200)]
+            for frame in frames:
+                assert box.push(frame)
+            sent += frames
+            assert box._writing  # the frames after the first wait for a writer
+            await trio.testing.wait_all_tasks_blocked()
+            got += _read_all(peer)
+            await trio.sleep(0.2)  # past the linger: the writer is gone
+            assert not box._writing
+            assert len(nursery.child_tasks) == 0
+        assert got == b"".join(sent)
+        box.close()
+        await box.drain()
+    peer.close()
+    await stream.aclose()
+
+
+async def test_an_attached_outbox_drains_after_close_and_then_writes_nothing() -> None:
+    """close() then drain(): what is queued behind a frame the socket took in part is
+    written, in order; after drain a push writes nothing (the socket is about to be
+    closed and its descriptor reused)."""
+    stream, peer = await _socket_pair()
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    box = Outbox(max_bytes=10_000_000)
+    big = bytes(range(256)) * 4096  # 1 MiB: more than the socket buffers hold
+    got = b""
+    async with trio.open_nursery() as nursery:
+        box.attach(stream, nursery)
+        assert box.push(big)
+        assert box._partial
+        assert box._writing
+        assert box.push(b"after")
+        box.close()
+
+        async def read() -> None:
+            nonlocal got
+            while len(got) < len(big) + 5:
+                got += _read_all(peer)
+                await trio.sleep(0.001)
+
+        nursery.start_soon(read)
+        await box.drain()
+    assert got == big + b"after"
     assert box.push(b"late")
     assert _read_all(peer) == b""
     peer.close()
