@@ -75,6 +75,8 @@ WRITER_LINGER_S = 0.5
 MAX_WRITE_BYTES = 256 * 1024
 """The most one ``send_all`` writes (whole frames; a larger frame goes alone)."""
 
+_monotonic = time.monotonic
+
 
 class Outbox:
     """Frames waiting to be written to one WebSocket."""
@@ -140,6 +142,15 @@ class Outbox:
 
     def push(self, frame: bytes, volatile: bool = False) -> bool:
         """Queue one frame; ``False`` means it did not fit (see the module docstring)."""
+        if (self._idle and not self._frames and self._direct is not None
+                and not self._urgent and not self._batch and not self.closed):
+            # nothing waits, so no bound can be passed (the first frame in line is not
+            # counted): the steady-rate path, tried first
+            now = _monotonic()
+            if now - self._direct_at >= DIRECT_GAP_S:
+                self._direct_at = now
+                if self._write_now(frame):
+                    return True
         if self.closed:
             return True
         size = len(frame)
@@ -153,13 +164,6 @@ class Outbox:
                     self.dropped_volatile += 1
                     return True
                 return False
-        if (self._idle and self._direct is not None and not self._frames
-                and not self._urgent and not self._batch):
-            now = time.monotonic()
-            if now - self._direct_at >= DIRECT_GAP_S:
-                self._direct_at = now
-                if self._write_now(frame):
-                    return True
         if volatile:
             self._volatile_at.append(len(self._frames))
             self._volatile_bytes += size
