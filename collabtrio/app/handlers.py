@@ -192,7 +192,9 @@ def _relay_handler(event: str) -> Handler:
                                   "(max_presence_bytes)")
         room = _joined_room(conn, msg.room, event)
         # relay what the client sent (validated), so its own extra fields reach the others
-        await _deliver(room, Relay(conn, ack_id, event, dict(payload), volatile))
+        cmd = Relay(conn, ack_id, event, dict(payload), volatile)
+        if not room.relay_now(cmd):
+            await _deliver(room, cmd)
 
     relay.__name__ = relay.__qualname__ = f"relay_{event}"
     relay.__doc__ = f"``{event}``: relayed to the other members of the room."

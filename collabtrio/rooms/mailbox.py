@@ -42,6 +42,12 @@ class Mailbox(Generic[T]):
         self.closed = True
         self._writers.unpark_all()
 
+    @property
+    def reader_waiting(self) -> bool:
+        """The room's task is parked in :meth:`get_batch` with nothing queued (so
+        everything put before has been taken)."""
+        return bool(self._readers) and not self._items and not self.closed
+
     def put_nowait(self, item: T) -> None:
         """Queue ``item`` whatever the bound (for departures and control messages).
 

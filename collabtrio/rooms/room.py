@@ -379,6 +379,21 @@ class Room:
         if cmd.ack_id is not None:
             conn.ack(cmd.ack_id, {"ok": True, "room": self.id})
 
+    def relay_now(self, cmd: Relay) -> bool:
+        """Apply a relay in the caller's task if the room's task is waiting for
+        commands with none queued; False: the caller queues it as usual.
+
+        The same as the room's task applying it next (every command put before has
+        been applied, and applying never awaits, so nothing interleaves), minus a pass
+        of the scheduler before the broadcast starts: at a steady rate a relay reaches
+        an idle room alone, and that pass was half the time from the publisher's frame
+        to the members' writes.
+        """
+        if not self.mailbox.reader_waiting:
+            return False
+        self._apply(cmd)
+        return True
+
     def _relay(self, cmd: Relay) -> None:
         sender = cmd.conn
         member = self.members.get(sender)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 from collabtrio.client import ConnectError
-from collabtrio.testing import open_test_server
+from collabtrio.rooms.commands import Relay
+from collabtrio.testing import TestServer, open_test_server
 
 
 @pytest.fixture
@@ -341,3 +343,46 @@ async def test_rejoin_within_idle_window_keeps_the_room(
         await alice.join("doc:1")
         await trio.sleep(40)
         assert registry.get("doc:1") is room
+
+
+def _app_client(server: TestServer, sid: str) -> Any:
+    """The application's Client behind the connection with socket id ``sid``."""
+    session = next(s for s in server.server.connections if s.sid == sid)
+    namespace = session.namespace
+    assert namespace is not None
+    return namespace.client  # type: ignore[attr-defined]
+
+
+async def test_a_relay_is_applied_at_once_only_when_the_room_has_nothing_queued(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A relay to an idle room is applied in the sender's task (no scheduler pass
+    before the broadcast), but never ahead of a command already queued: then it waits
+    its turn in the mailbox, and the members see them in order."""
+    async with open_test_server() as server:
+        async with server.client("alice") as alice, server.client("bob") as bob, \
+                server.client("carol") as carol:
+            for c in (alice, bob, carol):
+                await c.join("doc")
+            await trio.testing.wait_all_tasks_blocked()
+            bob.pending_events()
+            room = server.server.registry.get("doc")
+            assert room is not None
+            assert room.mailbox.reader_waiting
+            a, c = _app_client(server, alice.sid), _app_client(server, carol.sid)
+            # idle room: applied before relay_now returns, nothing is left queued
+            assert room.relay_now(Relay(a, None, "cursor", {"room": "doc", "cursor": 1}, True))
+            assert len(room.mailbox) == 0
+            # something queued (carol's cursor): alice's relay must not overtake it
+            room.mailbox.put_nowait(Relay(c, None, "cursor", {"room": "doc", "cursor": 9}, True))
+            relay = Relay(a, None, "cursor", {"room": "doc", "cursor": 2}, True)
+            assert not room.relay_now(relay)
+            room.mailbox.put_nowait(relay)
+            seen = []
+            while len(seen) < 3:
+                data = await bob.next_event("cursor")
+                seen.append((data["userId"], data["cursor"]))
+            assert seen == [("alice", 1), ("carol", 9), ("alice", 2)]
+            # and the room's task served the queue: idle again
+            await trio.testing.wait_all_tasks_blocked()
+            assert room.mailbox.reader_waiting
