@@ -3,7 +3,10 @@
 Theory of operation: handlers never touch a room's state. They put a command in the
 room's :class:`~collabtrio.rooms.mailbox.Mailbox` and go on; the room task takes the
 commands in batches and applies them one by one, with no ``await`` between a check and
-the update it guards, so ordering is total per room and there are no locks. The room
+the update it guards, so ordering is total per room and there are no locks. One
+shortcut keeps that order: a relay that finds the room's task waiting with nothing
+queued is applied at once in the sender's task (:meth:`Room.relay_now`), as the room
+would apply it next, without the scheduler pass in between. The room
 answers each command itself (ack, error or event) by queueing pre-encoded frames in
 the members (:class:`~collabtrio.rooms.peer.Peer`); it never awaits a client. A
 broadcast is one :class:`~collabtrio.protocol.outgoing.Outgoing`, encoded once per
