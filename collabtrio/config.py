@@ -236,8 +236,9 @@ class Config:
         200,
         "A room broadcasts presence at once when its membership changes, then at most once "
         "per this many milliseconds while it keeps changing (a join storm), times members "
-        "/ 10 past 10 members (100 members: 2 s); 0: after every batch of commands. "
-        "Each join's ack lists the members as they are.",
+        "/ 10 past 10 members (100 members: 2 s), counted as the room is when the next "
+        "list would go; 0: after every batch of commands. Each join's ack lists the "
+        "members as they are.",
     )
     shutdown_grace_s: float = _f(
         2.0, "On SIGINT/SIGTERM, seconds connections get to close before they are cancelled."

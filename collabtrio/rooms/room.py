@@ -161,7 +161,7 @@ class Room:
         self._failed = False
         self.cancel_scope = trio.CancelScope()
         self._presence_dirty = False
-        self._presence_due = float("-inf")  # the earliest time of the next broadcast
+        self._presence_at = float("-inf")  # when the last presence list went out
         # membership version, and the version each joiner of this batch saw in its ack
         self._version = 0
         self._acked_version: dict[Peer, int] = {}
@@ -245,7 +245,7 @@ class Room:
                 # idle, but writes are still pending: look again once they had time
                 deadline = max(deadline, trio.current_time() + IDLE_RECHECK_S)
             if self._presence_dirty:
-                deadline = min(deadline, self._presence_due)
+                deadline = min(deadline, self._presence_due(presence_gap))
             batch = await self.mailbox.get_batch(deadline)
             served = bool(batch)
             if served:
@@ -258,14 +258,11 @@ class Room:
                     self._acked_version.clear()
             if self._presence_dirty:
                 # at once after a quiet spell, then at most once per gap while it keeps
-                # changing: N joins in a burst cost everyone a few lists, not N. A list
-                # to N members is N entries each, so the gap grows with N past 10
-                # members: what presence costs a room per second grows as N, not N^2
+                # changing: N joins in a burst cost everyone a few lists, not N
                 now = trio.current_time()
-                if now >= self._presence_due:
+                if now >= self._presence_due(presence_gap):
                     self._presence_dirty = False
-                    scale = max(1.0, len(self.members) / PRESENCE_SCALE_MEMBERS)
-                    self._presence_due = now + presence_gap * scale
+                    self._presence_at = now
                     self._broadcast_presence()
                 continue
             if served:
@@ -278,6 +275,13 @@ class Room:
                 self.registry.forget(self)
                 self.mailbox.close()
                 return
+
+    def _presence_due(self, gap: float) -> float:
+        """When the next presence list may go out. A list to N members is N entries
+        each, so past 10 members the gap grows with N, counted as the room is now (a
+        room that grew since its last list waits as long as its size asks): what
+        presence costs a room per second grows as N, not N^2."""
+        return self._presence_at + gap * max(1.0, len(self.members) / PRESENCE_SCALE_MEMBERS)
 
     def _teardown(self) -> None:
         self.closed = True
