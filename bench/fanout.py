@@ -953,6 +953,26 @@ def ratio(
     return _div(_get(results.get("collabtrio"), *path), _get(results.get(reference), *path))
 
 
+RATIO_PATHS: dict[str, tuple[str, ...]] = {
+    # name in the report -> path into a target's result
+    "throughput": ("throughput", "deliveries_per_s_median"),
+    "p99_latency": ("latency", "p99_ms"),
+    "rss_per_idle_conn": ("idle", "rss_per_conn_bytes"),
+    "server_cpu_us_per_delivery": ("throughput", "server_cpu_us_per_delivery_median"),
+    "steady_server_cpu_us_per_delivery": ("latency", "server_cpu_us_per_delivery"),
+    "p50_latency": ("latency", "p50_ms"),
+    "connect_storm_ms": ("storm", "storm_ms_median"),
+    "polling_p50_latency": ("polling", "p50_ms"),
+    "polling_p99_latency": ("polling", "p99_ms"),
+    "polling_server_cpu_us_per_delivery": ("polling", "server_cpu_us_per_delivery"),
+}
+
+
+def ratios_against(results: dict[str, dict[str, Any]], reference: str) -> dict[str, float | None]:
+    """collabtrio's figures over ``reference``'s, by the names of :data:`RATIO_PATHS`."""
+    return {name: ratio(results, path, reference) for name, path in RATIO_PATHS.items()}
+
+
 def render_table(
     results: dict[str, dict[str, Any]],
     rows_spec: Sequence[tuple[str, tuple[str, ...], str, bool]] = ROWS,
@@ -1231,47 +1251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lg.kill()
             raise
 
-    ratios = {
-        "throughput": ratio(results, ("throughput", "deliveries_per_s_median")),
-        "p99_latency": ratio(results, ("latency", "p99_ms")),
-        "rss_per_idle_conn": ratio(results, ("idle", "rss_per_conn_bytes")),
-        "server_cpu_us_per_delivery": ratio(
-            results, ("throughput", "server_cpu_us_per_delivery_median")
-        ),
-    }
-    psio_ratios = {
-        "throughput": ratio(results, ("throughput", "deliveries_per_s_median"), "psio"),
-        "p99_latency": ratio(results, ("latency", "p99_ms"), "psio"),
-        "rss_per_idle_conn": ratio(results, ("idle", "rss_per_conn_bytes"), "psio"),
-        "server_cpu_us_per_delivery": ratio(
-            results, ("throughput", "server_cpu_us_per_delivery_median"), "psio"
-        ),
-        "polling_p50_latency": ratio(results, ("polling", "p50_ms"), "psio"),
-        "polling_p99_latency": ratio(results, ("polling", "p99_ms"), "psio"),
-        "polling_server_cpu_us_per_delivery": ratio(
-            results, ("polling", "server_cpu_us_per_delivery"), "psio"
-        ),
-    }
-    node_ratios = {
-        "throughput": ratio(results, ("throughput", "deliveries_per_s_median"), "node"),
-        "p99_latency": ratio(results, ("latency", "p99_ms"), "node"),
-        "rss_per_idle_conn": ratio(results, ("idle", "rss_per_conn_bytes"), "node"),
-        "server_cpu_us_per_delivery": ratio(
-            results, ("throughput", "server_cpu_us_per_delivery_median"), "node"
-        ),
-        "steady_server_cpu_us_per_delivery": ratio(
-            results, ("latency", "server_cpu_us_per_delivery"), "node"
-        ),
-        "p50_latency": ratio(results, ("latency", "p50_ms"), "node"),
-        "connect_storm_ms": ratio(results, ("storm", "storm_ms_median"), "node"),
-        "polling_p50_latency": ratio(results, ("polling", "p50_ms"), "node"),
-        "polling_p99_latency": ratio(results, ("polling", "p99_ms"), "node"),
-        "polling_server_cpu_us_per_delivery": ratio(
-            results, ("polling", "server_cpu_us_per_delivery"), "node"
-        ),
-    }
+    ratios = ratios_against(results, "floor")
+    psio_ratios = ratios_against(results, "psio")
+    node_ratios = ratios_against(results, "node")
     upgraded = upgraded_ratios(results.get("collabtrio")) if "collabtrio" in results else {}
-    # the issue's goals for polling: no worse than python-socketio's polling
+    # the polling goals: no worse than python-socketio's polling
     goals: dict[str, dict[str, Any]] = {}
     for key in ("polling_server_cpu_us_per_delivery", "polling_p99_latency"):
         value = psio_ratios[key]

@@ -267,11 +267,14 @@ class Outbox:
         """After :meth:`close`: wait until an attached outbox's writer has written what
         was queued (or the socket broke). Direct writes are over from now on: the
         caller is about to close the socket."""
-        if self._writing:
-            if self._stopped is None:
-                self._stopped = trio.Event()
-            await self._stopped.wait()
-        self._direct = None
+        try:
+            if self._writing:
+                if self._stopped is None:
+                    self._stopped = trio.Event()
+                await self._stopped.wait()
+        finally:
+            # also when the wait is cut short: the socket is closed next
+            self._direct = None
 
     async def _attached_writer(self) -> None:
         stream = self._stream
