@@ -57,7 +57,14 @@ from ..rooms.mailbox import MailboxClosed
 from ..rooms.room import Room
 from ..storage.base import StorageError
 from ..transport.cors import OriginPolicy
-from ..transport.frontdoor import HttpRequest, abort_stream, first, send_error
+from ..transport.frontdoor import (
+    HttpRequest,
+    HttpResponse,
+    abort_stream,
+    first,
+    send_error,
+    send_response,
+)
 from ..transport.limits import Admission, TokenBucket
 from ..transport.outbox import Outbox
 from ..transport.websocket import HandshakeError, ServerWebSocket, WebSocketClosed
@@ -214,14 +221,15 @@ class YWebsocketEndpoint:
         except CollabError as err:
             status = {ErrorCode.AUTH_REQUIRED: 401, ErrorCode.INVALID_TOKEN: 401,
                       ErrorCode.TOKEN_EXPIRED: 401, ErrorCode.FORBIDDEN: 403}.get(err.code, 400)
-            await ws.reject(status, json.dumps({"error": err.to_wire()}).encode())
+            await send_response(stream, HttpResponse(
+                status, json.dumps({"error": err.to_wire()}).encode(), "application/json"))
             return
         role = resolve_role(identity, room_id, grants=grants, default=cfg.default_role)
         admission = self.admission
         if admission is not None and not admission.take_connection():
-            await ws.reject(503, json.dumps(
+            await send_response(stream, HttpResponse(503, json.dumps(
                 {"message": "server full (max_connections); try again later"}).encode(),
-                (("retry-after", "1"),))
+                "application/json", (("retry-after", "1"),)))
             return
         try:
             await self._run(stream, ws, identity, room_id, role, epoch)

@@ -33,7 +33,14 @@ from ..protocol import engineio
 from ..protocol.outgoing import Outgoing
 from .cors import OriginPolicy
 from .engine import EngineIOSession
-from .frontdoor import HttpRequest, HttpResponse, abort_stream, first, send_error
+from .frontdoor import (
+    HttpRequest,
+    HttpResponse,
+    abort_stream,
+    first,
+    send_error,
+    send_response,
+)
 from .limits import Admission, client_address
 from .outbox import Outbox
 from .polling import PollQueue
@@ -231,7 +238,8 @@ class EngineEndpoint:
             if upgrading is None and sid is None:
                 self._check_capacity(request)
         except EngineError as err:
-            await ws.reject(err.status, err.body(), err.headers)
+            await send_response(stream, HttpResponse(err.status, err.body(), "application/json",
+                                                     err.headers))
             return
         await ws.accept()
         if sid is not None and upgrading is None:

@@ -259,7 +259,7 @@ class Outbox:
         self._nursery = nursery
         if isinstance(stream, trio.SocketStream):
             self._direct = stream
-        if self._frames or self._urgent or self.closed:
+        if self._frames or self._urgent:
             self._idle = True
             self._wake()
 
@@ -343,18 +343,16 @@ class Outbox:
                     return
                 self._idle = True
                 self._warned = False  # drained: the next backlog is warned about again
-                if linger:
-                    with trio.move_on_after(WRITER_LINGER_S) as waited:
+                # an attached outbox's writer ends after a while with nothing to write
+                with trio.move_on_after(WRITER_LINGER_S if linger else math.inf) as waited:
+                    try:
                         await self._lot.park()
-                    if waited.cancelled_caught and self._idle and not self.closed:
-                        return  # nothing came: a frame that has to wait starts another
-                    continue
-                try:
-                    await self._lot.park()
-                except BaseException:
-                    if self._partial:
-                        self.torn = True  # the rest of a frame was never written
-                    raise
+                    except BaseException:
+                        if self._partial:
+                            self.torn = True  # the rest of a frame was never written
+                        raise
+                if waited.cancelled_caught and self._idle and not self.closed:
+                    return  # nothing came: a frame that has to wait starts another
                 continue
             self._sending = True
             try:
